@@ -1,0 +1,1 @@
+"""How sweeps are run, tracked, resumed and reported: the `frost` command line and its drivers."""

@@ -1,0 +1,1 @@
+"""What a sweep is: the spec, its validation, and its translation into a Ray Tune search."""

@@ -1,0 +1,274 @@
+"""TrialSpec: everything one trial needs, validated once at the edge.
+
+Every field has a default that runs on a laptop CPU: `TrialSpec()` is the CPU-sized default trial on the
+built-in long-tail data. Sections mirror the detector: data → backbone → neck → heads, then optimisation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from trainers.errors import FrostError
+
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v3_large")
+DETECTORS = ("faster_rcnn", "retinanet", "fcos")
+NORMS = ("none", "gn", "bn")
+_FREEZE_RE = re.compile(r"^(frozen|finetune|partial:[1-9][0-9]*)$")
+
+
+def frost_home() -> Path:
+    """The project folder of the embedded default (data, pretrained weights, sweeps, MLflow)."""
+    return Path(os.environ.get("FROST_HOME", "frost-runs")).resolve()
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SynthSpec(_Section):
+    """The built-in long-tail detection data (see trainers/synth.py)."""
+
+    seed: int = 0
+    train_images: int = Field(320, ge=1)
+    val_images: int = Field(96, ge=1)
+    image_size: int = Field(128, ge=32, le=1024)
+    classes: int = Field(16, ge=2, le=64)
+    max_objects: int = Field(4, ge=1, le=32)
+    zipf: float = Field(1.3, gt=0, description="power-law exponent of class frequencies")
+
+
+class SplitSpec(_Section):
+    """One split of a COCO-format dataset. Relative paths are relative to `data.root`."""
+
+    annotations: str
+    images: str
+
+
+class DataSpec(_Section):
+    source: Literal["synth", "coco"] = "synth"
+    root: str | None = Field(
+        None, description="dataset folder; for `synth`, default FROST_HOME/data/synth-<hash>"
+    )
+    train: SplitSpec = SplitSpec(annotations="annotations/train.json", images="images")
+    val: SplitSpec = SplitSpec(annotations="annotations/val.json", images="images")
+    synth: SynthSpec = SynthSpec()
+    drop_invalid_boxes: bool = Field(
+        False, description="drop (and log the count of) boxes outside the image or of zero area"
+    )
+    limit_train: int | None = Field(None, ge=1, description="use only the first N train images")
+    limit_val: int | None = Field(None, ge=1, description="use only the first N val images")
+
+    @model_validator(mode="after")
+    def _coco_needs_root(self) -> DataSpec:
+        if self.source == "coco" and not self.root:
+            raise ValueError("data.root is required when data.source is 'coco'")
+        return self
+
+    def resolved_root(self) -> Path:
+        if self.root:
+            return Path(self.root).expanduser().resolve()
+        digest = hashlib.sha256(self.synth.model_dump_json().encode()).hexdigest()[:10]
+        return frost_home() / "data" / f"synth-{digest}"
+
+
+class BackboneSpec(_Section):
+    name: Literal[BACKBONES] = "resnet18"  # type: ignore[valid-type]
+    weights: str = Field(
+        "builtin",
+        description="builtin (offline-pretrained classifier, made on first use) | imagenet | none | "
+        "path or URI of a classifier checkpoint",
+    )
+    freeze: str = Field("frozen", description="frozen | finetune | partial:K (last K stages trainable)")
+    norm: Literal["frozen_bn", "bn"] = Field(
+        "frozen_bn",
+        description="frozen_bn: FrozenBatchNorm2d everywhere (statistics fixed); bn: BatchNorm2d, "
+        "kept in eval mode in frozen stages",
+    )
+    returned_stages: list[int] = Field(
+        [2, 3, 4], description="backbone stages feeding the FPN (1-based; resnet: layer2..layer4)"
+    )
+
+    @field_validator("freeze", mode="before")
+    @classmethod
+    def _freeze_form(cls, value: Any) -> Any:
+        if isinstance(value, dict) and set(value) == {"partial"}:
+            value = f"partial:{value['partial']}"
+        if not isinstance(value, str) or not _FREEZE_RE.match(value):
+            raise ValueError(f"must be 'frozen', 'finetune' or 'partial:K' with K >= 1, got {value!r}")
+        return value
+
+    @property
+    def freeze_mode(self) -> str:
+        """frozen / finetune / partial, without the stage count."""
+        return self.freeze.split(":")[0]
+
+    def trainable_stages(self, num_stages: int) -> int:
+        """How many of the last stages train (0 = frozen, num_stages = all)."""
+        if self.freeze == "frozen":
+            return 0
+        if self.freeze == "finetune":
+            return num_stages
+        return min(int(self.freeze.split(":")[1]), num_stages)
+
+
+class NeckSpec(_Section):
+    fpn_channels: int = Field(64, ge=8, le=1024)
+    extra_blocks: int = Field(0, ge=0, le=8, description="repeated top-down + bottom-up blocks after FPN")
+    norm: Literal[NORMS] = "none"  # type: ignore[valid-type]
+
+
+class HeadSpec(_Section):
+    rpn_convs: int = Field(1, ge=1, le=8, description="Faster R-CNN: RPN conv depth")
+    box_convs: int = Field(0, ge=0, le=8, description="Faster R-CNN: conv layers of the box head")
+    box_fc: int = Field(128, ge=16, le=4096, description="Faster R-CNN: width of the box head FC layers")
+    box_fc_layers: int = Field(1, ge=1, le=4, description="Faster R-CNN: number of box head FC layers")
+    convs: int = Field(2, ge=1, le=8, description="RetinaNet / FCOS: conv depth of each head tower")
+    norm: Literal[NORMS] = "none"  # type: ignore[valid-type]
+    rois_per_image: int = Field(64, ge=8, description="Faster R-CNN: sampled RoIs per image in training")
+    rpn_pre_nms_top_n: int = Field(300, ge=10)
+    rpn_post_nms_top_n: int = Field(150, ge=10)
+    detections_per_image: int = Field(100, ge=1)
+    score_threshold: float = Field(0.01, ge=0.0, lt=1.0)
+
+
+class InputSpec(_Section):
+    image_size: int = Field(128, ge=32, le=2048, description="shorter side resized to this; longer <= 4/3 x")
+    hflip: float = Field(0.5, ge=0.0, le=1.0, description="probability of a horizontal flip in training")
+
+
+class OptimSpec(_Section):
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.02, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_steps: int = Field(50, ge=0)
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    milestones: list[float] = Field(
+        [0.75], description="step schedule: fractions of the total steps where lr is multiplied by gamma"
+    )
+    gamma: float = Field(0.1, gt=0, le=1)
+    grad_clip: float | None = Field(10.0, gt=0, description="max gradient norm; null disables")
+
+
+class TrainSpec(_Section):
+    epochs: int = Field(6, ge=1)
+    batch_size: int = Field(8, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = Field(True, description="mixed precision, used on CUDA only")
+    workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    keep_checkpoints: int = Field(2, ge=1, description="newest epoch checkpoints kept on disk")
+    log_every: int = Field(10, ge=1, description="progress line every N steps")
+
+
+class EvalSpec(_Section):
+    every: int = Field(1, ge=1, description="evaluate every N epochs (and always after the last)")
+    batch_size: int = Field(16, ge=1)
+    rare_max: int = Field(10, ge=1, description="classes in <= this many train images are rare")
+    common_max: int = Field(100, ge=1, description="... <= this many are common; more are frequent")
+
+    @model_validator(mode="after")
+    def _buckets_ordered(self) -> EvalSpec:
+        if self.common_max < self.rare_max:
+            raise ValueError("eval.common_max must be >= eval.rare_max")
+        return self
+
+
+class TrialSpec(_Section):
+    """One trial: one detector configuration, trained and evaluated."""
+
+    data: DataSpec = DataSpec()
+    detector: Literal[DETECTORS] = "faster_rcnn"  # type: ignore[valid-type]
+    backbone: BackboneSpec = BackboneSpec()
+    neck: NeckSpec = NeckSpec()
+    heads: HeadSpec = HeadSpec()
+    input: InputSpec = InputSpec()
+    optim: OptimSpec = OptimSpec()
+    train: TrainSpec = TrainSpec()
+    eval: EvalSpec = EvalSpec()
+    seed: int = 0
+
+    def digest(self) -> str:
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]
+
+
+def format_validation_error(error: ValidationError, prefix: str = "") -> str:
+    """One line per error, each naming the dotted field path."""
+    lines = []
+    for item in error.errors():
+        path = ".".join(str(p) for p in item["loc"] if p not in ("function-after",))
+        path = f"{prefix}{path}" if path else (prefix.rstrip(".") or "<spec>")
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown field"
+        lines.append(f"{path}: {message}")
+    return "\n".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b=c` → (["a", "b"], value parsed as YAML, so numbers, booleans and lists work)."""
+    if "=" not in text:
+        raise FrostError(f"--set {text!r}: expected dotted.path=value")
+    path, raw = text.split("=", 1)
+    if not path.strip():
+        raise FrostError(f"--set {text!r}: empty field path")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return path.strip().split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply dotted `--set` overrides to raw spec data (validation happens afterwards)."""
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = data
+        for key in keys[:-1]:
+            child = node.get(key)
+            if child is None:
+                child = node[key] = {}
+            if not isinstance(child, dict):
+                raise FrostError(f"--set {text!r}: {key} is not a section")
+            node = child
+        node[keys[-1]] = value
+    return data
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise FrostError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise FrostError(f"{path}: not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise FrostError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def load_trial_spec(path: str | Path | None = None, overrides: list[str] | None = None) -> TrialSpec:
+    """YAML file (or the defaults) + dotted overrides → validated TrialSpec, or FrostError."""
+    data = read_yaml(path) if path else {}
+    data = apply_overrides(data, overrides or [])
+    try:
+        return TrialSpec.model_validate(data)
+    except ValidationError as exc:
+        where = f"{path}" if path else "trial spec"
+        raise FrostError(f"{where} is invalid:\n{format_validation_error(exc)}") from None
+
+
+def dump_trial_spec(spec: TrialSpec, path: Path) -> None:
+    path.write_text(yaml.safe_dump(json.loads(spec.model_dump_json()), sort_keys=False))
