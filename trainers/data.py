@@ -1,0 +1,205 @@
+"""COCO-format detection data: annotation JSON + image folder, read with pycocotools and checked up front.
+
+Labels are contiguous (1..K, 0 is background) inside the trainer and mapped back to the dataset's category ids
+for evaluation. Crowd boxes are left out of training targets; COCOeval honours them in evaluation.
+Randomness (order, flips) is not drawn here: the loop draws it from explicit per-epoch generators.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from pycocotools.coco import COCO
+from torch.utils.data import Dataset
+from torchvision.transforms.functional import pil_to_tensor
+
+from trainers.config import DataSpec, SplitSpec
+from trainers.errors import FrostError
+
+# Boxes may overhang the image by this many pixels (rounding in real annotation tools) before they are invalid.
+_EDGE_TOLERANCE = 1.0
+
+
+@dataclass(frozen=True)
+class CategoryMap:
+    """Dataset category ids <-> contiguous training labels 1..K."""
+
+    category_ids: tuple[int, ...]
+    names: tuple[str, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.category_ids)
+
+    def label(self, category_id: int) -> int:
+        return self.category_ids.index(category_id) + 1
+
+    def category(self, label: int) -> int:
+        return self.category_ids[label - 1]
+
+
+def load_coco(path: Path) -> COCO:
+    """pycocotools COCO from a file, with errors that name the file and nothing printed to stdout."""
+    try:
+        with path.open() as fh:
+            raw = json.load(fh)
+    except OSError as exc:
+        raise FrostError(f"{path}: cannot read annotations ({exc.strerror or exc})") from None
+    except json.JSONDecodeError as exc:
+        raise FrostError(f"{path}: malformed JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise FrostError(f"{path}: expected a COCO object with images/annotations/categories")
+    missing = [key for key in ("images", "annotations", "categories") if not isinstance(raw.get(key), list)]
+    if missing:
+        raise FrostError(f"{path}: not COCO format, missing list(s): {', '.join(missing)}")
+    coco = COCO()
+    coco.dataset = raw
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            coco.createIndex()
+        except (KeyError, TypeError) as exc:
+            raise FrostError(f"{path}: malformed COCO record (missing {exc})") from None
+    return coco
+
+
+def _resolve(root: Path, path: str) -> Path:
+    candidate = Path(path).expanduser()
+    return candidate if candidate.is_absolute() else root / candidate
+
+
+class CocoDetection(Dataset):
+    """One split. Items are (uint8 CHW image tensor, target dict with xyxy boxes, labels 1..K, image_id)."""
+
+    def __init__(
+        self,
+        split: SplitSpec,
+        root: Path,
+        drop_invalid_boxes: bool = False,
+        limit: int | None = None,
+        categories: CategoryMap | None = None,
+    ) -> None:
+        self.annotation_file = _resolve(root, split.annotations)
+        self.image_dir = _resolve(root, split.images)
+        self.coco = load_coco(self.annotation_file)
+        self.categories = categories or category_map(self.coco, self.annotation_file)
+        self.image_ids = sorted(self.coco.imgs)[:limit] if limit else sorted(self.coco.imgs)
+        self.dropped_boxes = 0
+        self._targets = {
+            image_id: self._check_image(image_id, drop_invalid_boxes) for image_id in self.image_ids
+        }
+        if self.dropped_boxes:
+            print(
+                f"frost: {self.annotation_file}: dropped {self.dropped_boxes} invalid box(es) "
+                "(data.drop_invalid_boxes=true)",
+                file=sys.stderr,
+            )
+
+    def _check_image(self, image_id: int, drop_invalid: bool) -> dict[str, torch.Tensor]:
+        info = self.coco.imgs[image_id]
+        for key in ("file_name", "width", "height"):
+            if key not in info:
+                raise FrostError(f"{self.annotation_file}: image id {image_id} has no '{key}'")
+        path = self.image_dir / info["file_name"]
+        if not path.is_file():
+            raise FrostError(f"{self.annotation_file}: image id {image_id}: missing image file {path}")
+        width, height = float(info["width"]), float(info["height"])
+        boxes, labels = [], []
+        for ann in self.coco.imgToAnns.get(image_id, []):
+            if ann.get("iscrowd", 0):
+                continue
+            problem = _box_problem(ann.get("bbox"), width, height)
+            if problem is None and ann.get("category_id") not in self.coco.cats:
+                raise FrostError(
+                    f"{self.annotation_file}: annotation id {ann.get('id')}: unknown category id "
+                    f"{ann.get('category_id')}"
+                )
+            if problem is not None:
+                if drop_invalid:
+                    self.dropped_boxes += 1
+                    continue
+                raise FrostError(
+                    f"{self.annotation_file}: annotation id {ann.get('id')} (image {info['file_name']}): "
+                    f"{problem}; fix it or set data.drop_invalid_boxes=true"
+                )
+            x, y, w, h = (float(v) for v in ann["bbox"])
+            boxes.append([max(x, 0.0), max(y, 0.0), min(x + w, width), min(y + h, height)])
+            labels.append(self.categories.label(ann["category_id"]))
+        return {
+            "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+            "labels": torch.tensor(labels, dtype=torch.int64),
+            "image_id": torch.tensor(image_id),
+        }
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        image_id = self.image_ids[index]
+        path = self.image_dir / self.coco.imgs[image_id]["file_name"]
+        try:
+            with Image.open(path) as image:
+                tensor = pil_to_tensor(image.convert("RGB"))
+        except (OSError, UnidentifiedImageError) as exc:
+            raise FrostError(f"{path}: unreadable image ({exc})") from None
+        target = {key: value.clone() for key, value in self._targets[image_id].items()}
+        return tensor, target
+
+
+def _box_problem(bbox: object, width: float, height: float) -> str | None:
+    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
+        return f"bbox must be [x, y, w, h], got {bbox!r}"
+    try:
+        x, y, w, h = (float(v) for v in bbox)
+    except (TypeError, ValueError):
+        return f"bbox must be numbers, got {bbox!r}"
+    if w <= 0 or h <= 0:
+        return f"bbox {list(bbox)} has zero or negative area"
+    tol = _EDGE_TOLERANCE
+    if x < -tol or y < -tol or x + w > width + tol or y + h > height + tol:
+        return f"bbox {list(bbox)} lies outside the {width:g}x{height:g} image"
+    return None
+
+
+def category_map(coco: COCO, source: Path | str = "annotations") -> CategoryMap:
+    if not coco.cats:
+        raise FrostError(f"{source}: no categories")
+    ids = tuple(sorted(coco.cats))
+    return CategoryMap(ids, tuple(str(coco.cats[i].get("name", i)) for i in ids))
+
+
+def load_datasets(data: DataSpec) -> tuple[CocoDetection, CocoDetection]:
+    """Train and val splits of the spec's dataset (generating the built-in one on first use)."""
+    if data.source == "synth":
+        from trainers.synth import ensure_synth_dataset
+
+        root = ensure_synth_dataset(data)
+    else:
+        root = data.resolved_root()
+        if not root.is_dir():
+            raise FrostError(f"data.root: {root} is not a directory")
+    train = CocoDetection(data.train, root, data.drop_invalid_boxes, data.limit_train)
+    val = CocoDetection(data.val, root, data.drop_invalid_boxes, data.limit_val, categories=train.categories)
+    unknown = set(val.coco.cats) - set(train.categories.category_ids)
+    if unknown:
+        raise FrostError(f"{val.annotation_file}: category ids {sorted(unknown)} are not in the train split")
+    return train, val
+
+
+def collate(batch: list[tuple[torch.Tensor, dict]]) -> tuple[list[torch.Tensor], list[dict]]:
+    images, targets = zip(*batch)
+    return list(images), list(targets)
+
+
+def hflip(image: torch.Tensor, target: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+    """Horizontal flip of a CHW image and its xyxy boxes."""
+    width = image.shape[-1]
+    boxes = target["boxes"].clone()
+    boxes[:, [0, 2]] = width - target["boxes"][:, [2, 0]]
+    return image.flip(-1), {**target, "boxes": boxes}
