@@ -23,9 +23,9 @@ class _Parser(argparse.ArgumentParser):
 
 def _cmd_data_synth(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
-    from trainers.synth import write_detection_dataset
 
     from trainers.config import SynthSpec, apply_overrides, format_validation_error
+    from trainers.synth import write_detection_dataset
 
     try:
         spec = SynthSpec.model_validate(apply_overrides({}, args.set))
@@ -71,9 +71,8 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from sweeps.spec import load_sweep_spec
-
     from service.driver import run_sweep
+    from sweeps.spec import load_sweep_spec
 
     spec = load_sweep_spec(args.spec, args.set)
     summary = run_sweep(spec, root=args.root, address=args.address, json_output=args.json)

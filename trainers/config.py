@@ -42,7 +42,10 @@ class SynthSpec(_Section):
     image_size: int = Field(128, ge=32, le=1024)
     classes: int = Field(16, ge=2, le=64)
     max_objects: int = Field(4, ge=1, le=32)
-    zipf: float = Field(1.3, gt=0, description="power-law exponent of class frequencies")
+    zipf: float = Field(1.5, gt=0, description="power-law exponent of class frequencies")
+    version: Literal[1] = Field(
+        1, description="generator version: bumped when trainers/synth.py draws differently (new cache)"
+    )
 
 
 class SplitSpec(_Section):

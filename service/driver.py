@@ -1,0 +1,307 @@
+"""The sweep driver: SweepSpec → Ray Tune Tuner (fit, or restore when the sweep exists) → summary.
+
+The driver is the single MLflow writer (a Tune callback); trials only train and report to Ray Tune. Every trial
+trains in its own stable directory `<sweep>/trials/<trial_id>` so that a restarted trial resumes from its own
+newest epoch checkpoint, not from the (lagging) experiment-state snapshot.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+
+from service.tracking import (
+    MlflowTrackingCallback,
+    default_tracking_uri,
+    embedded_artifact_root,
+    mlflow_ui_command,
+)
+from sweeps.space import (
+    param_space,
+    ranking,
+    resources,
+    run_config_kwargs,
+    storage_path,
+    trial_run_name,
+    trial_spec_for,
+    trial_tags,
+    tune_config_kwargs,
+)
+from sweeps.spec import SweepSpec, dump_sweep_spec, load_sweep_spec, spec_diff
+from trainers.errors import FrostError
+
+SPEC_FILE = "frost-sweep.yaml"
+
+
+def log(message: str) -> None:
+    print(f"frost: {message}", file=sys.stderr, flush=True)
+
+
+def project_root(root: str | Path | None) -> Path:
+    """--root, else $FROST_HOME, else ./frost-runs. Exported as FROST_HOME so trials share data and weights."""
+    path = Path(root or os.environ.get("FROST_HOME") or "frost-runs").expanduser().resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    os.environ["FROST_HOME"] = str(path)
+    return path
+
+
+def sweep_dir(spec: SweepSpec, root: Path) -> Path:
+    """The local directory of the sweep's own state (trial dirs, tracking map); Tune's too when local."""
+    storage = storage_path(spec, root / "sweeps")
+    base = Path(storage) if "://" not in storage else root / "sweeps"
+    return base / spec.name
+
+
+# ---------------------------------------------------------------------------------------------- trials
+class TuneReporter:
+    """The trainer's reporting seam, plugged into Ray Tune: metrics and the epoch checkpoint, every epoch."""
+
+    def report(self, epoch: int, metrics: dict[str, float], checkpoint_dir: Path) -> None:
+        tune.report(dict(metrics), checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
+
+
+def frost_trainable(config: dict[str, Any], sweep: dict[str, Any], trials_dir: str) -> None:
+    """One Ray Tune trial: the trainer on the trial's spec, resuming from its own directory when restarted."""
+    from trainers.train import run_trial
+
+    spec = SweepSpec.model_validate(sweep)
+    trial = trial_spec_for(spec, config)
+    trial_id = tune.get_context().get_trial_id()
+    out_dir = Path(trials_dir) / trial_id
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        run_trial(trial, out_dir, TuneReporter())
+        return
+    with checkpoint.as_directory() as restored:
+        run_trial(trial, out_dir, TuneReporter(), resume_from=Path(restored))
+
+
+def trial_epochs(spec: SweepSpec, config: dict[str, Any]) -> int:
+    return trial_spec_for(spec, config).train.epochs
+
+
+def trial_identity(spec: SweepSpec, config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str], str]:
+    """MLflow params, tags and run name of a trial, from its Tune config."""
+    trial = trial_spec_for(spec, config)
+    return flatten(trial.model_dump(mode="json")), trial_tags(trial), trial_run_name(trial, list(spec.search))
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+def prepare_inputs(spec: SweepSpec) -> None:
+    """Build and check, once in the driver, what every trial shares: the dataset and builtin weights.
+
+    Bad data is a user error before any trial starts (exit 2, nothing lost), and concurrent trials do not race
+    to generate data or pretrain the same classifier.
+    """
+    from trainers.data import load_datasets
+
+    trials = [trial_spec_for(spec, config) for config in representative_configs(spec)]
+    seen_data: set[str] = set()
+    seen_weights: set[str] = set()
+    for trial in trials:
+        key = trial.data.model_dump_json()
+        if key not in seen_data:
+            seen_data.add(key)
+            train, val = load_datasets(trial.data)
+            log(f"data: {len(train)} train / {len(val)} val images, {train.categories.num_classes} classes")
+        if trial.backbone.weights == "builtin" and trial.backbone.name not in seen_weights:
+            from trainers.pretrain import ensure_builtin_classifier
+
+            seen_weights.add(trial.backbone.name)
+            log(
+                f"weights: builtin {trial.backbone.name} classifier at {ensure_builtin_classifier(trial.backbone.name)}"
+            )
+
+
+def representative_configs(spec: SweepSpec) -> list[dict[str, Any]]:
+    """Configs covering every grid/choice value of data/backbone paths (the inputs trials share)."""
+    configs: list[dict[str, Any]] = [{}]
+    for path, sampler in spec.search.items():
+        if not path.startswith(("data.", "backbone.name", "backbone.weights")):
+            continue
+        values = sampler.values() if hasattr(sampler, "values") else []
+        configs = [{**c, path: v} for c in configs for v in values] or configs
+    return configs
+
+
+# ---------------------------------------------------------------------------------------------- the sweep
+def build_tuner(spec: SweepSpec, root: Path, callback: MlflowTrackingCallback) -> tune.Tuner:
+    trials_dir = sweep_dir(spec, root) / "trials"
+    trainable = tune.with_resources(
+        tune.with_parameters(frost_trainable, sweep=spec.model_dump(mode="json"), trials_dir=str(trials_dir)),
+        resources(spec),
+    )
+    run_kwargs = run_config_kwargs(spec, root / "sweeps")
+    experiment = os.path.join(run_kwargs["storage_path"], spec.name)
+    if tune.Tuner.can_restore(experiment):
+        log(f"resuming sweep '{spec.name}' from {experiment}")
+        return tune.Tuner.restore(
+            experiment, trainable=trainable, resume_unfinished=True, resume_errored=True
+        )
+    metric = ranking(spec)[0]
+    return tune.Tuner(
+        trainable,
+        param_space=param_space(spec),
+        tune_config=tune.TuneConfig(**tune_config_kwargs(spec)),
+        run_config=tune.RunConfig(
+            **run_kwargs,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            callbacks=[callback],
+            progress_reporter=tune.CLIReporter(
+                metric_columns=list(dict.fromkeys(["epoch", metric, "AP_r", "loss"])),
+                parameter_columns=list(spec.search),
+                max_report_frequency=15,
+            ),
+            verbose=1,
+        ),
+    )
+
+
+def start_ray(address: str | None, root: Path) -> None:
+    env = {"FROST_HOME": str(root)}
+    if address:
+        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
+    else:
+        # The embedded default: a private local runtime on loopback only, no dashboard.
+        ray.init(
+            include_dashboard=False,
+            runtime_env={"env_vars": env},
+            _node_ip_address="127.0.0.1",
+            log_to_driver=True,
+        )
+
+
+def run_sweep(
+    spec: SweepSpec, root: str | Path | None = None, address: str | None = None, json_output: bool = False
+) -> dict[str, Any]:
+    """Run (or resume) a sweep to the end; returns the summary `frost run --json` prints."""
+    root = project_root(root)
+    directory = sweep_dir(spec, root)
+    directory.mkdir(parents=True, exist_ok=True)
+    check_same_spec(spec, directory)
+    prepare_inputs(spec)
+
+    tracking_uri = spec.tracking.uri or default_tracking_uri(root)
+    experiment = spec.tracking.experiment or spec.name
+    callback = MlflowTrackingCallback(
+        state_path=str(directory / "tracking.json"),
+        tracking_uri=tracking_uri,
+        experiment=experiment,
+        sweep_name=spec.name,
+        spec_yaml=(directory / SPEC_FILE).read_text(),
+        spec_hash=spec.digest(),
+        search_space={path: str(sampler) for path, sampler in spec.search.items()},
+        params_fn=functools.partial(trial_identity, spec),
+        max_epochs=functools.partial(trial_epochs, spec),
+        artifact_root=embedded_artifact_root(tracking_uri),
+        log_final_checkpoint=spec.checkpoint_artifacts,
+    )
+    start_ray(address, root)
+    try:
+        tuner = build_tuner(spec, root, callback)
+        results = tuner.fit()
+    finally:
+        ray.shutdown()
+    summary = summarize(spec, results, directory, tracking_uri, experiment)
+    print_summary(summary, tracking_uri, root)
+    return summary
+
+
+def check_same_spec(spec: SweepSpec, directory: Path) -> None:
+    """A sweep's identity is its name: a different spec under the same name is refused, not mixed in."""
+    saved = directory / SPEC_FILE
+    if saved.exists():
+        previous = load_sweep_spec(saved)
+        if previous.digest() != spec.digest():
+            diff = "\n".join(f"  {line}" for line in spec_diff(previous, spec))
+            raise FrostError(
+                f"sweep '{spec.name}' already exists in {directory} with a different spec:\n{diff}\n"
+                "give the sweep another name, or remove that directory"
+            )
+        return
+    dump_sweep_spec(spec, saved)
+
+
+def summarize(
+    spec: SweepSpec, results: tune.ResultGrid, directory: Path, tracking_uri: str, experiment: str
+) -> dict[str, Any]:
+    tracking = _read_json(directory / "tracking.json")
+    runs = tracking.get("trials", {})
+    metric, mode = ranking(spec)
+    trials = []
+    for result in results:
+        trial_id = result.metrics.get("trial_id") if result.metrics else None
+        trial_id = trial_id or Path(result.path).name
+        history = result.metrics_dataframe
+        values = (
+            [v for v in history[metric].tolist() if v == v]
+            if history is not None and metric in history
+            else []
+        )
+        best = (max(values) if mode == "max" else min(values)) if values else None
+        trials.append(
+            {
+                "trial_id": trial_id,
+                "state": "ERROR" if result.error else "TERMINATED",
+                "epochs": int(result.metrics.get("epoch", 0)) if result.metrics else 0,
+                "mlflow_run_id": runs.get(trial_id, {}).get("run_id"),
+                metric: best,
+                "config": {k: v for k, v in (result.config or {}).items() if k in spec.search},
+                "error": str(result.error).splitlines()[0] if result.error else None,
+            }
+        )
+    scored = [t for t in trials if t[metric] is not None]
+    best_trial = (max if mode == "max" else min)(scored, key=lambda t: t[metric]) if scored else None
+    return {
+        "name": spec.name,
+        "tracking_uri": tracking_uri,
+        "experiment": experiment,
+        "parent_run_id": tracking.get("parent_run_id"),
+        "metric": metric,
+        "best": best_trial,
+        "trials": trials,
+        "ok": not any(t["state"] == "ERROR" for t in trials),
+    }
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def print_summary(summary: dict[str, Any], tracking_uri: str, root: Path) -> None:
+    metric = summary["metric"]
+    log(f"sweep '{summary['name']}': {len(summary['trials'])} trials")
+    for trial in summary["trials"]:
+        value = trial[metric]
+        shown = f"{value:.4f}" if isinstance(value, float) else "-"
+        log(
+            f"  {trial['trial_id']}  {trial['state']:<10} epochs {trial['epochs']:>3}  {metric} {shown}  {trial['config']}"
+        )
+    if summary["best"]:
+        best = summary["best"]
+        log(
+            f"best: {best['trial_id']} {metric}={best[metric]:.4f} {best['config']} (MLflow run {best['mlflow_run_id']})"
+        )
+    log(
+        f"browse: {mlflow_ui_command(tracking_uri, str(root / 'mlartifacts'))}  (experiment '{summary['experiment']}')"
+    )

@@ -1,0 +1,43 @@
+"""Shared fixtures: a private project folder for the session and a tiny trial on tiny built-in data."""
+
+from __future__ import annotations
+
+import pytest
+
+from trainers.config import TrialSpec, load_trial_spec
+
+# A trial small enough for 2 CPU cores in seconds: 64 px images, 4 classes, 24 train / 8 val images.
+TINY_TRIAL = [
+    "data.synth.train_images=24",
+    "data.synth.val_images=8",
+    "data.synth.image_size=64",
+    "data.synth.classes=4",
+    "data.synth.max_objects=3",
+    "input.image_size=64",
+    "backbone.weights=none",
+    "train.epochs=2",
+    "train.batch_size=8",
+    "optim.warmup_steps=2",
+    "eval.rare_max=4",
+    "eval.common_max=12",
+]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def frost_home(tmp_path_factory):
+    """Nothing a test runs writes into ./frost-runs, and nothing tries to download weights."""
+    home = tmp_path_factory.mktemp("frost-home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FROST_HOME", str(home))
+        patch.setenv("FROST_OFFLINE", "1")
+        yield home
+
+
+@pytest.fixture
+def tiny_overrides() -> list[str]:
+    return list(TINY_TRIAL)
+
+
+@pytest.fixture
+def tiny_trial() -> TrialSpec:
+    return load_trial_spec(None, TINY_TRIAL)
