@@ -67,10 +67,11 @@ class TuneReporter:
         tune.report(dict(metrics), checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
 
 
-def frost_trainable(config: dict[str, Any], sweep: dict[str, Any], trials_dir: str) -> None:
+def frost_trainable(config: dict[str, Any], sweep: dict[str, Any], trials_dir: str, home: str) -> None:
     """One Ray Tune trial: the trainer on the trial's spec, resuming from its own directory when restarted."""
     from trainers.train import run_trial
 
+    os.environ["FROST_HOME"] = home  # the driver's project folder: same data and weights on every worker
     spec = SweepSpec.model_validate(sweep)
     trial = trial_spec_for(spec, config)
     trial_id = tune.get_context().get_trial_id()
@@ -145,7 +146,9 @@ def representative_configs(spec: SweepSpec) -> list[dict[str, Any]]:
 def build_tuner(spec: SweepSpec, root: Path, callback: MlflowTrackingCallback) -> tune.Tuner:
     trials_dir = sweep_dir(spec, root) / "trials"
     trainable = tune.with_resources(
-        tune.with_parameters(frost_trainable, sweep=spec.model_dump(mode="json"), trials_dir=str(trials_dir)),
+        tune.with_parameters(
+            frost_trainable, sweep=spec.model_dump(mode="json"), trials_dir=str(trials_dir), home=str(root)
+        ),
         resources(spec),
     )
     run_kwargs = run_config_kwargs(spec, root / "sweeps")
@@ -163,18 +166,50 @@ def build_tuner(spec: SweepSpec, root: Path, callback: MlflowTrackingCallback) -
         run_config=tune.RunConfig(
             **run_kwargs,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            callbacks=[callback],
-            progress_reporter=tune.CLIReporter(
-                metric_columns=list(dict.fromkeys(["epoch", metric, "AP_r", "loss"])),
-                parameter_columns=list(spec.search),
-                max_report_frequency=15,
-            ),
+            callbacks=[callback, LiveView(metric, ranking(spec)[1])],
             verbose=1,
         ),
     )
 
 
-def start_ray(address: str | None, root: Path) -> None:
+class LiveView(tune.Callback):
+    """One line per trial event on stderr: trial, state, epoch, its metric now and its best so far."""
+
+    def __init__(self, metric: str, mode: str) -> None:
+        self.metric, self.mode = metric, mode
+        self.best: dict[str, float] = {}
+
+    def _line(self, trial: Any, state: str, result: dict[str, Any] | None = None) -> None:
+        result = result or trial.last_result or {}
+        value = result.get(self.metric)
+        shown = f"{self.metric} {value:.4f}" if isinstance(value, (int, float)) else ""
+        best = self.best.get(trial.trial_id)
+        best_shown = f" (best {best:.4f})" if best is not None else ""
+        config = " ".join(f"{k}={v}" for k, v in trial.config.items())
+        log(f"[{trial.trial_id}] {state:<9} epoch {result.get('epoch', 0):>3} {shown}{best_shown}  {config}")
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._line(trial, "running")
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        value = result.get(self.metric)
+        if isinstance(value, (int, float)):
+            old = self.best.get(trial.trial_id)
+            better = old is None or (value > old if self.mode == "max" else value < old)
+            self.best[trial.trial_id] = value if better else old
+        self._line(trial, "running", result)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._line(trial, "done")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._line(trial, "error")
+
+
+def start_ray(address: str | None, root: Path) -> bool:
+    """Connect to a cluster, or start the embedded runtime; False when this process already had Ray."""
+    if ray.is_initialized():
+        return False
     env = {"FROST_HOME": str(root)}
     if address:
         ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
@@ -186,6 +221,7 @@ def start_ray(address: str | None, root: Path) -> None:
             _node_ip_address="127.0.0.1",
             log_to_driver=True,
         )
+    return True
 
 
 def run_sweep(
@@ -213,12 +249,12 @@ def run_sweep(
         artifact_root=embedded_artifact_root(tracking_uri),
         log_final_checkpoint=spec.checkpoint_artifacts,
     )
-    start_ray(address, root)
+    started = start_ray(address, root)
     try:
-        tuner = build_tuner(spec, root, callback)
-        results = tuner.fit()
+        results = build_tuner(spec, root, callback).fit()
     finally:
-        ray.shutdown()
+        if started:
+            ray.shutdown()
     summary = summarize(spec, results, directory, tracking_uri, experiment)
     print_summary(summary, tracking_uri, root)
     return summary

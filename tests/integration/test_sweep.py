@@ -1,0 +1,115 @@
+"""`frost run` end to end: real Ray Tune (local, loopback), real trainer, real MLflow (SQLite)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from service.cli import main
+
+pytestmark = pytest.mark.integration
+
+# Four tiny trials, one at a time so ASHA's decisions are reproducible: the two with a vanishing learning rate
+# keep the loss of an untrained model, so ASHA (on loss, grace 1) must stop them at the first rung.
+TINY_SWEEP = {
+    "name": "tiny-asha",
+    "trial": {
+        "data": {
+            "synth": {"train_images": 24, "val_images": 8, "image_size": 64, "classes": 4, "max_objects": 3}
+        },
+        "input": {"image_size": 64},
+        "backbone": {"weights": "none"},
+        "optim": {"warmup_steps": 0},
+        "train": {"epochs": 3, "batch_size": 8, "device": "cpu"},
+        "eval": {"rare_max": 4, "common_max": 12},
+    },
+    "search": {"optim.lr": {"grid": [0.05, 0.04, 1.0e-9, 2.0e-9]}},
+    "scheduler": {"type": "asha", "metric": "loss", "mode": "min", "grace_period": 1, "reduction_factor": 2},
+    "resources": {"cpus": 1},
+    "max_concurrent_trials": 1,
+    "max_failures": 0,
+}
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    base = tmp_path_factory.mktemp("sweep")
+    spec = base / "tiny.yaml"
+    spec.write_text(yaml.safe_dump(TINY_SWEEP))
+    root = base / "root"
+    with pytest.MonkeyPatch.context() as patch:
+        import io
+        import sys
+
+        out, err = io.StringIO(), io.StringIO()
+        patch.setattr(sys, "stdout", out)
+        patch.setattr(sys, "stderr", err)
+        code = main(["run", str(spec), "--root", str(root), "--json"])
+    return {"code": code, "stdout": out.getvalue(), "stderr": err.getvalue(), "root": root, "spec": spec}
+
+
+def test_run_prints_the_json_summary_last(sweep):
+    assert sweep["code"] == 0, sweep["stderr"][-3000:]
+    summary = json.loads(sweep["stdout"].strip().splitlines()[-1])
+    assert summary["name"] == "tiny-asha" and summary["experiment"] == "tiny-asha"
+    assert summary["tracking_uri"] == f"sqlite:///{sweep['root']}/mlflow.db"
+    assert summary["parent_run_id"]
+    assert len(summary["trials"]) == 4
+    for trial in summary["trials"]:
+        assert {"trial_id", "state", "epochs", "mlflow_run_id", "loss"} <= trial.keys()
+    assert "mlflow ui --backend-store-uri" in sweep["stderr"]
+    assert "epoch" in sweep["stderr"] and "[" in sweep["stderr"]  # the live view
+
+
+def test_asha_stops_the_weak_trials_early(sweep):
+    summary = json.loads(sweep["stdout"].strip().splitlines()[-1])
+    epochs = {trial["config"]["optim.lr"]: trial["epochs"] for trial in summary["trials"]}
+    assert epochs[0.05] == 3  # the first to reach each rung is promoted
+    assert epochs[1e-9] < 3 and epochs[2e-9] < 3
+
+
+def test_mlflow_holds_one_parent_and_one_child_per_trial(sweep):
+    summary = json.loads(sweep["stdout"].strip().splitlines()[-1])
+    client = MlflowClient(summary["tracking_uri"])
+    experiment = client.get_experiment_by_name("tiny-asha")
+    runs = client.search_runs([experiment.experiment_id])
+    parent = [r for r in runs if r.info.run_id == summary["parent_run_id"]]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == summary["parent_run_id"]]
+    assert len(parent) == 1 and len(runs) == 5 and len(children) == 4
+    assert {r.info.run_id for r in children} == {t["mlflow_run_id"] for t in summary["trials"]}
+    assert all(r.info.status != "RUNNING" for r in runs)
+    by_id = {t["mlflow_run_id"]: t for t in summary["trials"]}
+    for run in children:
+        trial = by_id[run.info.run_id]
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
+        assert steps == list(range(1, trial["epochs"] + 1))  # every epoch once, no gaps
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "AP")] == steps
+        fate = run.data.tags["frost.fate"]
+        assert fate == ("completed" if trial["epochs"] == 3 else "stopped")
+        assert run.data.params["optim.lr"] == str(trial["config"]["optim.lr"])
+        assert run.data.params["backbone.freeze"] == "frozen"
+        assert "lr=" in run.info.run_name
+
+
+def test_same_name_with_another_spec_is_refused_with_a_diff(sweep, tmp_path, capsys):
+    changed = {**TINY_SWEEP, "trial": {**TINY_SWEEP["trial"], "seed": 7}}
+    spec = tmp_path / "changed.yaml"
+    spec.write_text(yaml.safe_dump(changed))
+    assert main(["run", str(spec), "--root", str(sweep["root"])]) == 2
+    err = capsys.readouterr().err
+    assert "already exists" in err and "trial.seed: 0 -> 7" in err
+
+
+def test_running_a_finished_sweep_again_trains_nothing(sweep, capsys):
+    before = sorted(p.name for p in (sweep["root"] / "sweeps/tiny-asha/trials").glob("*/checkpoints/*"))
+    assert main(["run", str(sweep["spec"]), "--root", str(sweep["root"]), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(summary["trials"]) == 4
+    after = sorted(p.name for p in (sweep["root"] / "sweeps/tiny-asha/trials").glob("*/checkpoints/*"))
+    assert before == after
+    client = MlflowClient(summary["tracking_uri"])
+    experiment = client.get_experiment_by_name("tiny-asha")
+    assert len(client.search_runs([experiment.experiment_id])) == 5
