@@ -81,6 +81,53 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0 if summary.get("ok", True) else 1
 
 
+def _cmd_resume(args: argparse.Namespace) -> int:
+    from service.driver import project_root, run_sweep
+    from service.status import SPEC_FILE, find_sweep
+    from sweeps.spec import load_sweep_spec
+
+    root = project_root(args.root)
+    spec = load_sweep_spec(find_sweep(args.name, root) / SPEC_FILE)
+    summary = run_sweep(spec, root=root, address=args.address, json_output=args.json)
+    if args.json:
+        print(json.dumps(summary))
+    return 0 if summary.get("ok", True) else 1
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from service.driver import project_root
+    from service.status import SPEC_FILE, find_sweep, sweep_status
+    from sweeps.space import ranking
+    from sweeps.spec import load_sweep_spec
+
+    directory = find_sweep(args.name, project_root(args.root))
+    spec = load_sweep_spec(directory / SPEC_FILE)
+    metric, mode = ranking(spec)
+    status = sweep_status(directory, metric, mode, spec.trial_count(), list(spec.search))
+    if args.json:
+        print(json.dumps(status))
+        return 0
+    print(
+        f"sweep {status['name']}: {status['state']} ({len(status['trials'])} of {spec.trial_count()} trials)"
+    )
+    for trial in status["trials"]:
+        value = trial[metric]
+        shown = f"{value:.4f}" if isinstance(value, float) else "-"
+        print(
+            f"  {trial['trial_id']}  {trial['state']:<11} {trial['fate'] or '':<11} epochs {trial['epochs']:>3}  {metric} {shown}"
+        )
+    return 0
+
+
+def _cmd_ls(args: argparse.Namespace) -> int:
+    from service.driver import project_root
+    from service.status import list_sweeps
+
+    for name in list_sweeps(project_root(args.root)):
+        print(name)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="frost", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -124,6 +171,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="last stdout line: a JSON summary")
     overrides(run)
     run.set_defaults(func=_cmd_run)
+
+    resume = sub.add_parser("resume", help="resume an interrupted sweep (its saved spec) to the end")
+    resume.add_argument("name")
+    resume.add_argument("--root", help="project folder (default $FROST_HOME or ./frost-runs)")
+    resume.add_argument("--address", help="attach to an existing Ray cluster")
+    resume.add_argument("--json", action="store_true", help="last stdout line: a JSON summary")
+    resume.set_defaults(func=_cmd_resume)
+
+    status = sub.add_parser("status", help="trials of a sweep by state, from its storage")
+    status.add_argument("name")
+    status.add_argument("--root", help="project folder (default $FROST_HOME or ./frost-runs)")
+    status.add_argument("--json", action="store_true", help="one JSON object")
+    status.set_defaults(func=_cmd_status)
+
+    ls = sub.add_parser("ls", help="sweeps known in the project folder")
+    ls.add_argument("--root", help="project folder (default $FROST_HOME or ./frost-runs)")
+    ls.set_defaults(func=_cmd_ls)
     return parser
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import ray
 from ray import tune
 
+from service.status import SPEC_FILE, sweep_status
 from service.tracking import (
     MlflowTrackingCallback,
     default_tracking_uri,
@@ -36,8 +37,6 @@ from sweeps.space import (
 )
 from sweeps.spec import SweepSpec, dump_sweep_spec, load_sweep_spec, spec_diff
 from trainers.errors import FrostError
-
-SPEC_FILE = "frost-sweep.yaml"
 
 
 def log(message: str) -> None:
@@ -232,6 +231,14 @@ def run_sweep(
     directory = sweep_dir(spec, root)
     directory.mkdir(parents=True, exist_ok=True)
     check_same_spec(spec, directory)
+    metric, mode = ranking(spec)
+    status = sweep_status(directory, metric, mode, spec.trial_count(), list(spec.search))
+    if status["state"] == "COMPLETE":
+        log(f"sweep '{spec.name}' is already complete: nothing to run (frost status {spec.name})")
+        summary = {**status, "experiment": spec.tracking.experiment or spec.name, "ok": True}
+        summary["best"] = best_trial(summary["trials"], metric, mode)
+        print_summary(summary, summary["tracking_uri"] or default_tracking_uri(root), root)
+        return summary
     prepare_inputs(spec)
 
     tracking_uri = spec.tracking.uri or default_tracking_uri(root)
@@ -296,6 +303,7 @@ def summarize(
             {
                 "trial_id": trial_id,
                 "state": "ERROR" if result.error else "TERMINATED",
+                "fate": runs.get(trial_id, {}).get("fate"),
                 "epochs": int(result.metrics.get("epoch", 0)) if result.metrics else 0,
                 "mlflow_run_id": runs.get(trial_id, {}).get("run_id"),
                 metric: best,
@@ -303,18 +311,21 @@ def summarize(
                 "error": str(result.error).splitlines()[0] if result.error else None,
             }
         )
-    scored = [t for t in trials if t[metric] is not None]
-    best_trial = (max if mode == "max" else min)(scored, key=lambda t: t[metric]) if scored else None
     return {
         "name": spec.name,
         "tracking_uri": tracking_uri,
         "experiment": experiment,
         "parent_run_id": tracking.get("parent_run_id"),
         "metric": metric,
-        "best": best_trial,
+        "best": best_trial(trials, metric, mode),
         "trials": trials,
         "ok": not any(t["state"] == "ERROR" for t in trials),
     }
+
+
+def best_trial(trials: list[dict[str, Any]], metric: str, mode: str) -> dict[str, Any] | None:
+    scored = [t for t in trials if isinstance(t.get(metric), (int, float))]
+    return (max if mode == "max" else min)(scored, key=lambda t: t[metric]) if scored else None
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -94,6 +94,7 @@ def save_checkpoint(out_dir: Path, epoch: int, state: dict[str, Any], keep: int)
     tmp.mkdir(parents=True)
     torch.save(state, tmp / CHECKPOINT_FILE)
     (tmp / "metrics.json").write_text(json.dumps(state["history"][-1]))
+    (tmp / "history.json").write_text(json.dumps(state["history"]))  # readable without torch
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)  # atomic: a checkpoint directory is complete or absent
     for old in checkpoint_dirs(out_dir)[:-keep]:

@@ -103,13 +103,32 @@ def test_same_name_with_another_spec_is_refused_with_a_diff(sweep, tmp_path, cap
     assert "already exists" in err and "trial.seed: 0 -> 7" in err
 
 
-def test_running_a_finished_sweep_again_trains_nothing(sweep, capsys):
+def test_running_or_resuming_a_finished_sweep_changes_nothing_and_says_so(sweep, capsys):
     before = sorted(p.name for p in (sweep["root"] / "sweeps/tiny-asha/trials").glob("*/checkpoints/*"))
     assert main(["run", str(sweep["spec"]), "--root", str(sweep["root"]), "--json"]) == 0
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert len(summary["trials"]) == 4
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out.strip().splitlines()[-1])
+    assert len(summary["trials"]) == 4 and "already complete" in captured.err
+    assert main(["resume", "tiny-asha", "--root", str(sweep["root"]), "--json"]) == 0
+    assert "already complete" in capsys.readouterr().err
     after = sorted(p.name for p in (sweep["root"] / "sweeps/tiny-asha/trials").glob("*/checkpoints/*"))
     assert before == after
     client = MlflowClient(summary["tracking_uri"])
     experiment = client.get_experiment_by_name("tiny-asha")
     assert len(client.search_runs([experiment.experiment_id])) == 5
+
+
+def test_status_reads_the_sweep_back_from_storage(sweep, capsys):
+    summary = json.loads(sweep["stdout"].strip().splitlines()[-1])
+    assert main(["status", "tiny-asha", "--root", str(sweep["root"]), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert status["name"] == "tiny-asha" and status["state"] == "COMPLETE"
+    got = {t["trial_id"]: (t["state"], t["epochs"], t["mlflow_run_id"]) for t in status["trials"]}
+    assert got == {t["trial_id"]: (t["state"], t["epochs"], t["mlflow_run_id"]) for t in summary["trials"]}
+    best = {t["trial_id"]: t["loss"] for t in status["trials"]}
+    for trial in summary["trials"]:
+        assert best[trial["trial_id"]] == pytest.approx(trial["loss"])
+    assert main(["ls", "--root", str(sweep["root"])]) == 0
+    assert capsys.readouterr().out.split() == ["tiny-asha"]
+    assert main(["status", "nope", "--root", str(sweep["root"])]) == 2
+    assert "no sweep named 'nope'" in capsys.readouterr().err
