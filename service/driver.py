@@ -62,8 +62,9 @@ def sweep_dir(spec: SweepSpec, root: Path) -> Path:
 class TuneReporter:
     """The trainer's reporting seam, plugged into Ray Tune: metrics and the epoch checkpoint, every epoch."""
 
-    def report(self, epoch: int, metrics: dict[str, float], checkpoint_dir: Path) -> None:
-        tune.report(dict(metrics), checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
+    def report(self, epoch: int, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+        checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        tune.report(dict(metrics), checkpoint=checkpoint)
 
 
 def frost_trainable(config: dict[str, Any], sweep: dict[str, Any], trials_dir: str, home: str) -> None:
@@ -77,10 +78,12 @@ def frost_trainable(config: dict[str, Any], sweep: dict[str, Any], trials_dir: s
     out_dir = Path(trials_dir) / trial_id
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
-        run_trial(trial, out_dir, TuneReporter())
+        # Tune saw no checkpoint of this trial: whatever the trial directory holds was never reported.
+        run_trial(trial, out_dir, TuneReporter(), reported_up_to=0)
         return
     with checkpoint.as_directory() as restored:
-        run_trial(trial, out_dir, TuneReporter(), resume_from=Path(restored))
+        seen = json.loads((Path(restored) / "metrics.json").read_text()).get("epoch", 0)
+        run_trial(trial, out_dir, TuneReporter(), resume_from=Path(restored), reported_up_to=seen)
 
 
 def trial_epochs(spec: SweepSpec, config: dict[str, Any]) -> int:
@@ -214,7 +217,10 @@ def start_ray(address: str | None, root: Path) -> bool:
         ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
     else:
         # The embedded default: a private local runtime on loopback only, no dashboard.
+        # address="local" always starts a new runtime: a bare ray.init() would attach to whatever cluster
+        # `ray start` last recorded in /tmp/ray/ray_current_cluster, even a dead one (it then hangs).
         ray.init(
+            address="local",
             include_dashboard=False,
             runtime_env={"env_vars": env},
             _node_ip_address="127.0.0.1",

@@ -154,7 +154,13 @@ def ray_cluster():
     if ray.is_initialized():  # another module's cluster, still up: use it, leave it to its owner
         yield
         return
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        _node_ip_address="127.0.0.1",
+    )
     yield
     ray.shutdown()
 

@@ -131,3 +131,23 @@ def test_lr_schedule_warms_up_then_decays(tiny_trial):
     assert factors[99] < 0.01 and all(a >= b for a, b in zip(factors[10:], factors[11:]))
     step = load_trial_spec(None, ["optim.warmup_steps=0", "optim.schedule=step", "optim.milestones=[0.5]"])
     assert lr_factor(step, 49, 100) == 1.0 and lr_factor(step, 50, 100) == pytest.approx(0.1)
+
+
+class Recorder:
+    def __init__(self):
+        self.calls = []
+
+    def report(self, epoch, metrics, checkpoint_dir):
+        self.calls.append((epoch, metrics["epoch"], checkpoint_dir is not None))
+
+
+def test_resume_reports_again_the_epochs_the_listener_never_received(tmp_path, tiny_trial):
+    spec = tiny_trial.model_copy(update={"train": tiny_trial.train.model_copy(update={"epochs": 3})})
+    with pytest.raises(Interrupt):  # epoch 2 is checkpointed, but its report never arrives
+        run_trial(spec, tmp_path / "t", reporter=StopAfter(2))
+    recorder = Recorder()
+    run_trial(spec, tmp_path / "t", reporter=recorder, reported_up_to=1)
+    assert recorder.calls == [(2, 2, True), (3, 3, True)]
+    recorder = Recorder()
+    run_trial(spec, tmp_path / "t", reporter=recorder, reported_up_to=0)  # finished: replays, trains nothing
+    assert recorder.calls == [(1, 1, False), (2, 2, False), (3, 3, True)]

@@ -28,7 +28,8 @@ REPORTED_METRICS = TRAIN_METRICS + EVAL_METRICS
 
 
 class Reporter(Protocol):
-    def report(self, epoch: int, metrics: dict[str, float], checkpoint_dir: Path) -> None: ...
+    def report(self, epoch: int, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+        """`checkpoint_dir` is None only when an epoch is reported again after a resume (see run_trial)."""
 
 
 class JsonLinesReporter:
@@ -37,7 +38,7 @@ class JsonLinesReporter:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def report(self, epoch: int, metrics: dict[str, float], checkpoint_dir: Path) -> None:
-        record = {"epoch": epoch, **metrics, "checkpoint": str(checkpoint_dir)}
+    def report(self, epoch: int, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+        record = {"epoch": epoch, **metrics, "checkpoint": str(checkpoint_dir) if checkpoint_dir else None}
         with self.path.open("a") as fh:
             fh.write(json.dumps(record) + "\n")

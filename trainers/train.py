@@ -270,8 +270,14 @@ def run_trial(
     out_dir: Path,
     reporter: Reporter | None = None,
     resume_from: Path | None = None,
+    reported_up_to: int | None = None,
 ) -> dict[str, Any]:
-    """Train and evaluate one trial; returns the final epoch's metrics (plus `epochs`)."""
+    """Train and evaluate one trial; returns the final epoch's metrics (plus `epochs`).
+
+    `reported_up_to`: the last epoch the listener is known to have received (a sweep passes the epoch of the
+    checkpoint Ray Tune restored). Epochs the trial directory holds beyond it are reported again on resume, so
+    a listener that died between the checkpoint and the report loses nothing; it drops what it already has.
+    """
     out_dir = Path(out_dir)
     prepare_trial_dir(spec, out_dir)
     reporter = reporter or JsonLinesReporter(out_dir / "metrics.jsonl")
@@ -306,6 +312,11 @@ def run_trial(
         start_epoch = state["epoch"] + 1
         log(f"resuming {out_dir} from {checkpoint.name} (epoch {state['epoch']} done)")
         _rewrite_history(out_dir / "metrics.jsonl", history, reporter)
+        if reported_up_to is not None:
+            replay = [record for record in history if record["epoch"] > reported_up_to]
+            for record in replay:
+                last = record is replay[-1]
+                reporter.report(record["epoch"], record, checkpoint if last else None)
     log(
         f"trial: {spec.detector} {spec.backbone.name} freeze={spec.backbone.freeze} on {device}; "
         f"{len(train_set)} train / {len(val_set)} val images, {train_set.categories.num_classes} classes; "
