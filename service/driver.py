@@ -164,7 +164,7 @@ def build_tuner(spec: SweepSpec, root: Path, callback: MlflowTrackingCallback) -
     return tune.Tuner(
         trainable,
         param_space=param_space(spec),
-        tune_config=tune.TuneConfig(**tune_config_kwargs(spec)),
+        tune_config=tune.TuneConfig(**tune_config_kwargs(spec, sweep_dir(spec, root) / "asha-state.pkl")),
         run_config=tune.RunConfig(
             **run_kwargs,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),

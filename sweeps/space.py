@@ -88,10 +88,25 @@ def trial_spec_for(spec: SweepSpec, config: dict[str, Any]) -> TrialSpec:
         ) from None
 
 
-def build_scheduler(spec: SweepSpec) -> TrialScheduler:
-    """ASHA on the trainer's `epoch` counter, or FIFO (every trial runs all its epochs)."""
+def build_scheduler(spec: SweepSpec, state_path: str | Path | None = None) -> TrialScheduler:
+    """ASHA on the trainer's `epoch` counter, or FIFO (every trial runs all its epochs).
+
+    With `state_path`, ASHA's rungs are persisted there and survive a driver restart (sweeps/asha.py)."""
     scheduler = spec.scheduler
     if isinstance(scheduler, AshaSpec):
+        if state_path is not None:
+            from sweeps.asha import PersistentASHA
+
+            return PersistentASHA(
+                state_path,
+                time_attr=TIME_ATTR,
+                metric=scheduler.metric,
+                mode=scheduler.mode,
+                max_t=scheduler.max_epochs,
+                grace_period=scheduler.grace_period,
+                reduction_factor=scheduler.reduction_factor,
+                brackets=scheduler.brackets,
+            )
         return ASHAScheduler(
             time_attr=TIME_ATTR,
             metric=scheduler.metric,
@@ -104,12 +119,12 @@ def build_scheduler(spec: SweepSpec) -> TrialScheduler:
     return FIFOScheduler()
 
 
-def tune_config_kwargs(spec: SweepSpec) -> dict[str, Any]:
+def tune_config_kwargs(spec: SweepSpec, scheduler_state: str | Path | None = None) -> dict[str, Any]:
     """Keyword arguments for tune.TuneConfig. ASHA carries its own metric/mode, and Tune refuses them
     twice, so they are passed to TuneConfig only with FIFO (where they rank the results). To rank
     either way use `ranking(spec)` with ResultGrid.get_best_result."""
     kwargs: dict[str, Any] = {
-        "scheduler": build_scheduler(spec),
+        "scheduler": build_scheduler(spec, scheduler_state),
         "num_samples": spec.samples,
         "max_concurrent_trials": spec.max_concurrent_trials,
     }

@@ -102,3 +102,53 @@ def test_sigkill_mid_sweep_then_resume_keeps_one_run_per_trial_and_reruns_at_mos
     for run in children:
         assert [m.step for m in client.get_metric_history(run.info.run_id, "AP")] == [1, 2, 3, 4]
         assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2, 3, 4]
+
+
+ASHA_SWEEP = {
+    **SWEEP,
+    "name": "asha-killed",
+    "trial": {
+        **SWEEP["trial"],
+        "optim": {"warmup_steps": 0},
+        "train": {**SWEEP["trial"]["train"], "epochs": 3},
+    },
+    "search": {"optim.lr": {"grid": [0.05, 0.04, 1.0e-9, 2.0e-9]}},
+    "scheduler": {"type": "asha", "metric": "loss", "mode": "min", "grace_period": 1, "reduction_factor": 2},
+    "max_concurrent_trials": 1,
+}
+
+
+def epochs_by_lr(summary):
+    return {t["config"]["optim.lr"]: t["epochs"] for t in summary["trials"]}
+
+
+def test_asha_decisions_survive_a_kill_between_rungs(tmp_path):
+    spec = tmp_path / "asha.yaml"
+    spec.write_text(yaml.safe_dump(ASHA_SWEEP))
+
+    straight = frost("run", str(spec), "--json", root=tmp_path / "straight")
+    out, err = straight.communicate(timeout=600)
+    assert straight.returncode == 0, err[-3000:]
+    expected = epochs_by_lr(json.loads(out.strip().splitlines()[-1]))
+    assert expected[0.05] == 3 and expected[1e-9] == 1  # ASHA did stop trials
+
+    # Kill once the second trial (lr 0.04) passed its first rung and before its second.
+    root = tmp_path / "killed"
+    driver = frost("run", str(spec), root=root, start_new_session=True)
+    trials_dir = root / "sweeps" / "asha-killed" / "trials"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        done = newest_epochs(trials_dir) if trials_dir.is_dir() else {}
+        if len(done) == 2 and sorted(done.values()) == [1, 3]:
+            break
+        assert driver.poll() is None, driver.stderr.read()[-3000:]
+        time.sleep(0.1)
+    else:
+        pytest.fail("the second trial did not reach its first checkpoint in time")
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait(timeout=30)
+
+    resumed = frost("resume", "asha-killed", "--json", root=root)
+    out, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err[-3000:]
+    assert epochs_by_lr(json.loads(out.strip().splitlines()[-1])) == expected

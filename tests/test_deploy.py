@@ -1,0 +1,512 @@
+"""deploy/: every manifest parses and agrees with the others and with the code (image, entrypoint, ports,
+secrets, storage). Files only: no cluster, no Docker, no network (the scripts run only up to their argument
+checks, which stop before anything is started)."""
+
+from __future__ import annotations
+
+import copy
+import importlib.metadata
+import importlib.util
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from service.cli import build_parser
+from sweeps.spec import load_sweep_spec
+
+REPO = Path(__file__).resolve().parents[1]
+DEPLOY = REPO / "deploy"
+KUBERAY = DEPLOY / "kuberay"
+IMAGE = (DEPLOY / "image.txt").read_text().strip()
+SCRIPTS = sorted(DEPLOY.glob("*.sh"))
+PLACEHOLDER = "REPLACE_ME"
+# Environment variables whose value is a credential, or may carry one (a database URI with a password).
+SECRET_ENV = re.compile(r"TOKEN|PASSWORD|SECRET|ACCESS_KEY|CREDENTIAL|BACKEND_STORE_URI|DATABASE_URL", re.I)
+PUBLIC_SERVICE_TYPES = {"LoadBalancer", "NodePort"}
+PUBLIC_KINDS = {"Ingress", "Route", "Gateway", "HTTPRoute"}
+
+
+# ------------------------------------------------------------------------------------------ reading
+def load_documents(path: Path) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
+
+
+def kube_objects() -> list[dict[str, Any]]:
+    return [doc for path in sorted(KUBERAY.glob("*.yaml")) for doc in load_documents(path)]
+
+
+def objects_of(kind: str) -> list[dict[str, Any]]:
+    return [obj for obj in kube_objects() if obj.get("kind") == kind]
+
+
+def the(kind: str) -> dict[str, Any]:
+    found = objects_of(kind)
+    assert len(found) == 1, f"expected one {kind} under deploy/kuberay, found {len(found)}"
+    return found[0]
+
+
+def ray_up() -> dict[str, Any]:
+    return yaml.safe_load((DEPLOY / "ray-up.yaml").read_text())
+
+
+def walk(node: Any, path: str = "") -> Iterator[tuple[str, str, Any]]:
+    """(path, key, value) of every mapping entry in a parsed YAML tree."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield path, str(key), value
+            yield from walk(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for index, item in enumerate(node):
+            yield from walk(item, f"{path}[{index}]")
+
+
+def containers(obj: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Every container of every pod template in an object, with its path."""
+    found = []
+    for path, key, value in walk(obj):
+        if key in ("containers", "initContainers") and isinstance(value, list):
+            found += [(f"{path}.{key}[{i}]", c) for i, c in enumerate(value) if isinstance(c, dict)]
+    return found
+
+
+def cluster_specs() -> list[tuple[str, dict[str, Any]]]:
+    """The Ray cluster specs: the RayCluster's and the one inside the RayJob."""
+    return [("RayCluster", the("RayCluster")["spec"]), ("RayJob", the("RayJob")["spec"]["rayClusterSpec"])]
+
+
+def ray_containers() -> list[tuple[str, dict[str, Any]]]:
+    found = []
+    for name, spec in cluster_specs():
+        groups = [("head", spec["headGroupSpec"])] + [(g["groupName"], g) for g in spec["workerGroupSpecs"]]
+        for group, group_spec in groups:
+            found += [(f"{name}/{group}", c) for c in group_spec["template"]["spec"]["containers"]]
+    return found
+
+
+def env_of(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {entry["name"]: entry for entry in container.get("env", [])}
+
+
+def secret_ref(entry: dict[str, Any]) -> dict[str, Any] | None:
+    return (entry.get("valueFrom") or {}).get("secretKeyRef")
+
+
+def pod_spec(group_spec: dict[str, Any]) -> dict[str, Any]:
+    return group_spec["template"]["spec"]
+
+
+# ------------------------------------------------------------------------------------------ checkers
+def public_exposure(objects: list[dict[str, Any]]) -> list[str]:
+    """What would make a port reachable from outside the Kubernetes cluster."""
+    problems = []
+    for obj in objects:
+        name = f"{obj.get('kind')}/{obj.get('metadata', {}).get('name')}"
+        if obj.get("kind") in PUBLIC_KINDS:
+            problems.append(f"{name}: an {obj['kind']} exposes the cluster")
+        for path, key, value in walk(obj):
+            if key in ("type", "serviceType") and value in PUBLIC_SERVICE_TYPES:
+                problems.append(f"{name}{path}.{key}: {value}")
+            if key in ("hostPort", "externalIPs", "loadBalancerIP") or (key == "hostNetwork" and value):
+                problems.append(f"{name}{path}.{key}: {value}")
+    return problems
+
+
+def literal_secrets(objects: list[dict[str, Any]]) -> list[str]:
+    """Credentials written into a manifest instead of read from a Secret."""
+    problems = []
+    for obj in objects:
+        for path, container in containers(obj):
+            for entry in container.get("env", []):
+                if SECRET_ENV.search(entry["name"]) and secret_ref(entry) is None:
+                    problems.append(f"{path}: {entry['name']} is not read from a secretKeyRef")
+            for text in [*container.get("args", []), *container.get("command", [])]:
+                if re.search(r"://[^/\s:@]+:[^/\s@]+@", str(text)):
+                    problems.append(f"{path}: a URI with a password in the command line: {text}")
+    return problems
+
+
+def placeholder_problems(secrets: list[dict[str, Any]]) -> list[str]:
+    problems = []
+    for secret in secrets:
+        name = secret["metadata"]["name"]
+        if secret.get("data"):
+            problems.append(
+                f"{name}: `data` holds encoded values; the example keeps placeholders in stringData"
+            )
+        for key, value in (secret.get("stringData") or {}).items():
+            if value != PLACEHOLDER:
+                problems.append(f"{name}.{key}: {value!r} is not the placeholder {PLACEHOLDER}")
+    return problems
+
+
+def image_problems(objects: list[dict[str, Any]], cluster_config: dict[str, Any], image: str) -> list[str]:
+    found = [(path, value) for obj in objects for path, key, value in walk(obj) if key == "image"]
+    docker = cluster_config.get("docker", {})
+    found += [
+        (f"ray-up.docker.{k}", docker[k]) for k in ("image", "head_image", "worker_image") if k in docker
+    ]
+    return [f"{path}: {value} (deploy/image.txt says {image})" for path, value in found if value != image]
+
+
+def script_code(path: Path) -> str:
+    """A script without its comments, with $LOOPBACK / $HOST expanded to the address they are set to."""
+    lines = [line for line in path.read_text().splitlines() if not line.lstrip().startswith("#")]
+    code = "\n".join(line.split(" # ")[0] for line in lines)
+    for variable, value in re.findall(r"^(LOOPBACK|HOST)=(\S+)", code, re.M):
+        code = code.replace(f'"${variable}"', value).replace(f"${variable}", value)
+    return code
+
+
+# ------------------------------------------------------------------------------------------ manifests
+def test_every_manifest_parses_with_the_expected_kinds():
+    kinds = sorted(obj.get("kind") for obj in kube_objects())
+    assert kinds == sorted(
+        ["RayCluster", "RayJob", "Deployment", "Service", "PersistentVolumeClaim", "PersistentVolumeClaim"]
+        + ["Secret"] * 4
+    )
+    for obj in kube_objects():
+        assert obj.get("apiVersion") and obj.get("metadata", {}).get("name"), obj
+        assert "namespace" not in obj["metadata"], "namespaces come from `kubectl -n`, not the manifests"
+        if obj["kind"] in ("RayCluster", "RayJob"):
+            assert obj["apiVersion"] == "ray.io/v1"
+    assert ray_up()["cluster_name"]
+
+
+def test_one_image_everywhere_tagged_with_the_project_version():
+    version = re.search(r'^version = "([^"]+)"', (REPO / "pyproject.toml").read_text(), re.M).group(1)
+    assert IMAGE.endswith(f"/frost:{version}"), f"deploy/image.txt {IMAGE} is not tagged {version}"
+    assert image_problems(kube_objects(), ray_up(), IMAGE) == []
+    images = [v for obj in kube_objects() for _, key, v in walk(obj) if key == "image"]
+    assert len(images) >= 6, (
+        "head, GPU workers, submitter (x RayCluster/RayJob) and MLflow all name the image"
+    )
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    assert f"docker build -f deploy/Dockerfile -t {IMAGE} ." in dockerfile
+    assert f'org.opencontainers.image.version="{version}"' in dockerfile
+
+
+def test_dockerfile_installs_the_project_as_pyproject_pins_it():
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert re.search(r"^FROM python:3\.11-slim$", dockerfile, re.M)
+    for package in ("torch", "torchvision"):
+        pin = re.search(rf'"{package}==([^"]+)"', pyproject).group(1)
+        assert f"{package}=={pin}" in dockerfile, f"the Dockerfile does not install {package}=={pin}"
+    assert "pip install --no-deps ." in dockerfile
+    assert not re.search(r"^ENTRYPOINT", dockerfile, re.M), "KubeRay and ray up set the container command"
+    assert re.search(r"^USER ray$", dockerfile, re.M)
+    # Every path copied into the image exists, and the build context's allow-list lets it in.
+    ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().split("\n")
+    assert "*" in ignore, "the .dockerignore is an allow-list: everything else stays out of the context"
+    for line in re.findall(r"^COPY (.+)$", dockerfile, re.M):
+        for source in line.split()[:-1]:
+            assert (REPO / source).exists(), f"COPY {source}: no such path in the repository"
+            assert f"!{source}" in ignore or f"!{source}/" in ignore, f"{source} is not in the allow-list"
+    assert "COPY sweeps ./sweeps" in dockerfile and "WORKDIR /app" in dockerfile  # -> /app/sweeps/catalog
+
+
+def test_rayjob_entrypoint_is_a_frost_run_the_cli_accepts():
+    job = the("RayJob")["spec"]
+    entrypoint = job["entrypoint"]
+    assert not re.search(r"[$`;|&<>]", entrypoint), "the submitter's shell would expand or split it"
+    argv = shlex.split(entrypoint)
+    assert argv[:2] == ["frost", "run"]
+    args = build_parser().parse_args(argv[1:])
+    assert args.command == "run" and args.json and args.address == "auto"
+    # The spec is the image's copy of a catalog spec of this repository, and validates with the overrides.
+    assert args.spec.startswith("/app/sweeps/catalog/"), args.spec
+    spec_path = REPO / args.spec.removeprefix("/app/")
+    assert spec_path.is_file(), f"{args.spec}: no {spec_path.relative_to(REPO)} in the repository"
+    spec = load_sweep_spec(spec_path, args.set)
+    # Sweep state on the shared mount, so that KubeRay's retry on a new cluster resumes it.
+    shared = shared_mount_path()
+    assert args.root == shared
+    assert spec.storage is not None and (
+        spec.storage.startswith(f"{shared}/") or spec.storage.startswith("s3://")
+    )
+    assert spec.tracking.uri == mlflow_service_url()
+    assert job["submissionMode"] == "K8sJobMode"
+    assert job["shutdownAfterJobFinishes"] is True and job["backoffLimit"] >= 1
+
+
+def test_rayjob_runs_on_the_raycluster_spec():
+    assert the("RayJob")["spec"]["rayClusterSpec"] == the("RayCluster")["spec"]
+    installed = importlib.metadata.version("ray")
+    assert the("RayCluster")["spec"]["rayVersion"] == installed
+
+
+def test_head_serves_dashboard_gcs_and_client_ports_inside_the_cluster():
+    for name, spec in cluster_specs():
+        head = spec["headGroupSpec"]
+        ports = {p["containerPort"] for c in pod_spec(head)["containers"] for p in c.get("ports", [])}
+        assert {8265, 6379, 10001} <= ports, f"{name} head ports {ports}"
+        assert head.get("serviceType", "ClusterIP") == "ClusterIP"
+        assert head["rayStartParams"]["num-cpus"] == "0", "trials belong on the GPU workers"
+
+
+def test_nothing_is_exposed_outside_the_cluster():
+    assert public_exposure(kube_objects()) == []
+
+
+def test_secrets_come_only_from_secret_refs():
+    assert literal_secrets(kube_objects()) == []
+    ray_and_submitter = ray_containers() + [
+        ("submitter", c) for _, c in containers(the("RayJob")["spec"]["submitterPodTemplate"])
+    ]
+    for where, container in ray_and_submitter:
+        env = env_of(container)
+        assert env["RAY_AUTH_MODE"].get("value") == "token", f"{where}: token authentication is off"
+        assert secret_ref(env["RAY_AUTH_TOKEN"]) == {"name": "frost-ray-auth", "key": "auth_token"}, where
+    for path in DEPLOY.rglob("*"):
+        if path.is_file() and "__pycache__" not in path.parts:
+            assert "RAY_AUTH_MODE=disabled" not in path.read_text(), f"{path} turns Ray's authentication off"
+    # Every Secret and key a manifest reads is documented in secrets.example.yaml.
+    documented = {
+        (s["metadata"]["name"], key)
+        for s in load_documents(KUBERAY / "secrets.example.yaml")
+        for key in s.get("stringData", {})
+    }
+    used = {
+        (ref["name"], ref["key"])
+        for obj in kube_objects()
+        for _, key, ref in walk(obj)
+        if key == "secretKeyRef"
+    }
+    assert used and used <= documented, f"undocumented Secrets: {used - documented}"
+
+
+def test_example_secrets_hold_placeholders_and_a_filled_copy_is_ignored():
+    secrets = load_documents(KUBERAY / "secrets.example.yaml")
+    assert secrets and {s["kind"] for s in secrets} == {"Secret"}
+    assert placeholder_problems(secrets) == []
+    assert "kuberay/secrets.yaml" in (DEPLOY / ".gitignore").read_text().split("\n")
+
+
+def test_gpu_worker_group_requests_gpus():
+    for name, spec in cluster_specs():
+        gpu_groups = [
+            group
+            for group in spec["workerGroupSpecs"]
+            if any(
+                int(c.get("resources", {}).get("limits", {}).get("nvidia.com/gpu", 0)) >= 1
+                for c in pod_spec(group)["containers"]
+            )
+        ]
+        assert gpu_groups, f"{name}: no worker group with an nvidia.com/gpu limit"
+        for group in gpu_groups:
+            tolerated = {t["key"] for t in pod_spec(group).get("tolerations", [])}
+            assert "nvidia.com/gpu" in tolerated, (
+                f"{name}/{group['groupName']}: GPU nodes' taint not tolerated"
+            )
+
+
+def mlflow_service_url() -> str:
+    service = the("Service")
+    return f"http://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}"
+
+
+def shared_mount_path() -> str:
+    """Where every Ray pod mounts the shared PVC (the ReadWriteMany claim frost-shared)."""
+    claims = {c["metadata"]["name"]: c for c in objects_of("PersistentVolumeClaim")}
+    assert claims["frost-shared"]["spec"]["accessModes"] == ["ReadWriteMany"]
+    paths = set()
+    for name, spec in cluster_specs():
+        for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
+            volumes = {
+                v["name"]: v["persistentVolumeClaim"]["claimName"]
+                for v in pod_spec(group)["volumes"]
+                if "persistentVolumeClaim" in v
+            }
+            assert set(volumes.values()) <= set(claims), f"{name}: a claim pvc.yaml does not define"
+            for container in pod_spec(group)["containers"]:
+                paths |= {
+                    m["mountPath"]
+                    for m in container["volumeMounts"]
+                    if volumes.get(m["name"]) == "frost-shared"
+                }
+    assert len(paths) == 1, f"the shared claim is mounted at {paths}"
+    return paths.pop()
+
+
+def test_mlflow_server_listens_where_its_service_points():
+    container = the("Deployment")["spec"]["template"]["spec"]["containers"][0]
+    args = container["args"]
+    port = int(args[args.index("--port") + 1])
+    assert "--serve-artifacts" in args and args[args.index("--host") + 1] == "0.0.0.0"
+    named = {p.get("name"): p["containerPort"] for p in container["ports"]}
+    assert port in named.values()
+    service = the("Service")
+    assert (
+        service["spec"]["selector"].items()
+        <= the("Deployment")["spec"]["template"]["metadata"]["labels"].items()
+    )
+    target = service["spec"]["ports"][0]["targetPort"]
+    assert (named.get(target) if isinstance(target, str) else target) == port
+    assert service["spec"]["ports"][0]["port"] == 5000
+    env = env_of(container)
+    assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"]["value"] == "false"
+    assert secret_ref(env["MLFLOW_BACKEND_STORE_URI"]) is not None
+    for where, ray_container in ray_containers():
+        assert env_of(ray_container)["MLFLOW_TRACKING_URI"]["value"] == mlflow_service_url(), where
+
+
+def test_ray_pods_share_one_frost_home_on_the_shared_claim():
+    shared = shared_mount_path()
+    for where, container in ray_containers():
+        assert env_of(container)["FROST_HOME"]["value"] == shared, where
+
+
+def test_ray_up_config_is_valid_and_keeps_the_dashboard_on_loopback():
+    ray_dir = Path(importlib.util.find_spec("ray").submodule_search_locations[0])
+    schema = json.loads((ray_dir / "autoscaler" / "ray-schema.json").read_text())
+    jsonschema = pytest.importorskip("jsonschema")
+    config = ray_up()
+    jsonschema.validate(config, schema)
+    head_start = " ".join(config["head_start_ray_commands"])
+    assert (
+        "--dashboard-host=127.0.0.1" in head_start and "0.0.0.0" not in (DEPLOY / "ray-up.yaml").read_text()
+    )
+    assert "--port=6379" in head_start and "--dashboard-port=8265" in head_start
+    assert "--ray-client-server-port=10001" in head_start
+    assert config["head_node_type"] in config["available_node_types"]
+    assert any(name.startswith("gpu") for name in config["available_node_types"])
+    assert "--env RAY_AUTH_MODE=token" in config["docker"]["run_options"]
+    sources = list(config["file_mounts"].values())
+    assert "~/.ray/auth_token" in sources, "the token comes from the operator's home, not the repository"
+    assert "deploy/kuberay/secrets.yaml" in config["rsync_exclude"]
+
+
+# ------------------------------------------------------------------------------------------ scripts
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_script_parses(script: Path):
+    result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_script_passes_shellcheck(script: Path):
+    if shutil.which("shellcheck") is None:
+        pytest.skip("shellcheck is not installed (apt-get install shellcheck)")
+    result = subprocess.run(["shellcheck", str(script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+
+
+def test_local_cluster_script_stays_on_loopback_and_stops_only_its_own():
+    code = script_code(DEPLOY / "local-cluster.sh")
+    assert "--node-ip-address 127.0.0.1" in code and "--dashboard-host 127.0.0.1" in code
+    assert set(re.findall(r"--(?:node-ip-address|dashboard-host|host)[ =](\S+)", code)) == {"127.0.0.1"}
+    assert "--head" in code and '--address "127.0.0.1:$PORT"' in code and "--temp-dir" in code
+    assert "0.0.0.0" not in code
+    assert not re.search(r"\bray\s+stop\b|\bpkill\b|\bkillall\b", code)
+    assert re.search(r"^PORT=\$\{FROST_RAY_PORT:-(\d+)\}", code, re.M).group(1) != "6379"
+    assert "RAY_AUTH_MODE=token" in code
+
+
+def test_loopback_ray_keeps_127_0_0_1_as_the_node_address(monkeypatch):
+    import ray._private.ray_constants as ray_constants
+    import ray._private.services as services
+
+    # Recorded first, so that the test's teardown puts Ray's own resolution back.
+    monkeypatch.setattr(services, "get_node_ip_address", services.get_node_ip_address)
+    monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", ray_constants.ENABLE_RAY_CLUSTER)
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)  # leaves no deploy/__pycache__ behind
+    spec = importlib.util.spec_from_file_location("loopback_ray", DEPLOY / "loopback_ray.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.pin_to_loopback()
+    assert services.resolve_ip_for_localhost("127.0.0.1") == "127.0.0.1"
+    assert services.canonicalize_bootstrap_address("127.0.0.1:6380") == "127.0.0.1:6380"
+    assert ray_constants.ENABLE_RAY_CLUSTER, "`ray start --address` must still add worker nodes"
+
+
+def test_local_cluster_script_refuses_redis_port_and_knows_its_state(tmp_path):
+    script = str(DEPLOY / "local-cluster.sh")
+    refused = subprocess.run(["bash", script, "start", "--port", "6379"], capture_output=True, text=True)
+    assert refused.returncode != 0 and "6379 is Redis" in refused.stderr
+    status = subprocess.run(
+        ["bash", script, "status", "--state-dir", str(tmp_path)], capture_output=True, text=True
+    )
+    assert status.returncode == 0 and "no cluster recorded" in status.stdout
+    unknown = subprocess.run(["bash", script, "start", "--wat", "1"], capture_output=True, text=True)
+    assert unknown.returncode != 0 and "--wat" in unknown.stderr
+
+
+def test_mlflow_script_binds_loopback_and_wants_the_psycopg2_driver(tmp_path):
+    code = script_code(DEPLOY / "mlflow-server.sh")
+    assert re.search(r"mlflow server --host 127\.0\.0\.1 --port", code)
+    assert "--serve-artifacts" in code and "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false" in code
+    assert "0.0.0.0" not in code and not re.search(r"\bpkill\b|\bkillall\b", code)
+    script = str(DEPLOY / "mlflow-server.sh")
+    bare = subprocess.run(
+        [
+            "bash",
+            script,
+            "status",
+            "--root",
+            str(tmp_path),
+            "--backend-store-uri",
+            "postgresql://u@127.0.0.1/db",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert bare.returncode != 0 and "postgresql+psycopg2://" in bare.stderr
+    status = subprocess.run(
+        ["bash", script, "status", "--root", str(tmp_path)], capture_output=True, text=True
+    )
+    assert status.returncode == 0 and "not running" in status.stdout
+
+
+def test_readme_explains_every_file():
+    """deploy/README.md's table has one row per file of deploy/, and nothing else."""
+    readme = (DEPLOY / "README.md").read_text()
+    rows = set(re.findall(r"^\| `([^`]+)` \|", readme, re.M))
+    files = {
+        p.relative_to(DEPLOY).as_posix()
+        for p in DEPLOY.rglob("*")
+        if p.is_file() and p.name != "README.md" and "__pycache__" not in p.parts
+    }
+    assert rows == files
+
+
+# ------------------------------------------------------------------------------------------ the checkers fail
+def mutated(kind: str, change) -> list[dict[str, Any]]:
+    objects = copy.deepcopy(kube_objects())
+    change(next(obj for obj in objects if obj["kind"] == kind))
+    return objects
+
+
+def test_checkers_catch_what_they_guard_against():
+    """Each checker above, fed a manifest with the mistake it exists for, reports it."""
+    load_balancer = mutated("Service", lambda s: s["spec"].update(type="LoadBalancer"))
+    assert any("LoadBalancer" in p for p in public_exposure(load_balancer))
+    node_port_head = mutated(
+        "RayCluster", lambda c: c["spec"]["headGroupSpec"].update(serviceType="NodePort")
+    )
+    assert any("NodePort" in p for p in public_exposure(node_port_head))
+
+    def literal_token(cluster: dict[str, Any]) -> None:
+        env = cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]
+        env.append({"name": "RAY_AUTH_TOKEN", "value": "s3cr3t"})
+
+    assert any("RAY_AUTH_TOKEN" in p for p in literal_secrets(mutated("RayCluster", literal_token)))
+    password_arg = mutated(
+        "Deployment",
+        lambda d: d["spec"]["template"]["spec"]["containers"][0]["args"].append(
+            "postgresql://u:pw@db/mlflow"
+        ),
+    )
+    assert literal_secrets(password_arg)
+    filled = copy.deepcopy(load_documents(KUBERAY / "secrets.example.yaml"))
+    filled[0]["stringData"]["auth_token"] = "0123abcd"
+    assert placeholder_problems(filled)
+    assert image_problems(kube_objects(), ray_up(), "registry.example.com/frost:9.9.9")
