@@ -514,14 +514,19 @@ def _faster_rcnn(spec: TrialSpec, backbone: FrostBackbone, num_classes: int) -> 
     )
 
 
+def _set_towers(head: nn.Module, channels: int, spec: TrialSpec) -> None:
+    """Classification and regression towers of `heads.convs` convs with `heads.norm`; class 0 never scores."""
+    head.classification_head.conv = head_tower(channels, spec.heads.convs, norm_factory(spec.heads.norm))
+    head.regression_head.conv = head_tower(channels, spec.heads.convs, norm_factory(spec.heads.norm))
+    head.classification_head.register_forward_hook(_suppress_background)
+
+
 def _retinanet(spec: TrialSpec, backbone: FrostBackbone, num_classes: int) -> RetinaNet:
     h, c = spec.heads, backbone.out_channels
     anchors = _anchors(backbone.level_strides, 2, (0.5, 1.0, 2.0))
     head = RetinaNetHead(c, anchors.num_anchors_per_location()[0], num_classes + 1)
     # torchvision fixes the towers at 4 convs without norm: rebuild them at the requested depth and norm.
-    head.classification_head.conv = head_tower(c, h.convs, norm_factory(h.norm))
-    head.regression_head.conv = head_tower(c, h.convs, norm_factory(h.norm))
-    head.classification_head.register_forward_hook(_suppress_background)
+    _set_towers(head, c, spec)
     return RetinaNet(
         backbone,
         num_classes + 1,
@@ -540,9 +545,7 @@ def _fcos(spec: TrialSpec, backbone: FrostBackbone, num_classes: int) -> FCOS:
     anchors = _anchors(backbone.level_strides, 1, (1.0,))
     # num_convs=0: torchvision's towers hard-code GroupNorm(32, C), which fails for C not divisible by 32.
     head = FCOSHead(c, 1, num_classes + 1, num_convs=0)
-    head.classification_head.conv = head_tower(c, h.convs, norm_factory(h.norm))
-    head.regression_head.conv = head_tower(c, h.convs, norm_factory(h.norm))
-    head.classification_head.register_forward_hook(_suppress_background)
+    _set_towers(head, c, spec)
     return FCOS(
         backbone,
         num_classes + 1,
