@@ -100,22 +100,99 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from sweeps.space import ranking
     from sweeps.spec import load_sweep_spec
 
-    directory = find_sweep(args.name, project_root(args.root))
+    job = None
+    if args.address:
+        from service.jobs import job_state
+
+        job = job_state(args.name, args.address)
+    try:
+        directory = find_sweep(args.name, project_root(args.root))
+    except FrostError:
+        if not job:
+            raise
+        # Submitted to a cluster whose storage this machine does not see: the job's state is what is known.
+        status = {"name": args.name, "state": "UNKNOWN", "trials": [], "job": job}
+        if args.json:
+            print(json.dumps(status))
+        else:
+            print(
+                f"sweep {args.name}: job {job['submission_id']} {job['status']} (its storage is not visible here)"
+            )
+        return 0
     spec = load_sweep_spec(directory / SPEC_FILE)
     metric, mode = ranking(spec)
     status = sweep_status(directory, metric, mode, spec.trial_count(), list(spec.search))
+    if args.address:
+        status["job"] = job
     if args.json:
         print(json.dumps(status))
         return 0
     print(
         f"sweep {status['name']}: {status['state']} ({len(status['trials'])} of {spec.trial_count()} trials)"
     )
+    if job:
+        print(f"  job {job['submission_id']}: {job['status']}")
     for trial in status["trials"]:
         value = trial[metric]
         shown = f"{value:.4f}" if isinstance(value, float) else "-"
         print(
             f"  {trial['trial_id']}  {trial['state']:<11} {trial['fate'] or '':<11} epochs {trial['epochs']:>3}  {metric} {shown}"
         )
+    return 0
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from service.jobs import submit_sweep
+    from service.tracking import default_tracking_uri, mlflow_ui_command
+    from sweeps.spec import load_sweep_spec
+
+    spec = load_sweep_spec(args.spec, args.set)
+    if not args.root:
+        print(
+            "frost: no --root: the sweep's state goes to the head's $FROST_HOME, which must be set to shared "
+            "storage there (else it lands in the job's temporary working directory)",
+            file=sys.stderr,
+        )
+    result = submit_sweep(spec, args.address, root=args.root)
+    if result["submitted"]:
+        print(f"submitted sweep '{spec.name}' as Ray Job {result['submission_id']} ({result['status']})")
+    else:
+        print(
+            f"sweep '{spec.name}' (same spec) is already job {result['submission_id']} ({result['status']}): "
+            "nothing submitted"
+        )
+    print(f"  logs: frost logs {spec.name} --address {result['address']}")
+    print(f"  stop: frost stop {spec.name} --address {result['address']}")
+    experiment = spec.experiment_name
+    if spec.tracking.uri or args.root:
+        uri = spec.tracking.uri or default_tracking_uri(Path(args.root))
+        where = "" if spec.tracking.uri else " (on the head)"
+        print(f"  browse: {mlflow_ui_command(uri)}{where}  (experiment '{experiment}')")
+    else:
+        print(f"  browse: mlflow ui over <head's $FROST_HOME>/mlflow.db  (experiment '{experiment}')")
+    if args.json:
+        print(json.dumps({k: result[k] for k in ("name", "submission_id", "status", "address")}))
+    return 0
+
+
+def _cmd_logs(args: argparse.Namespace) -> int:
+    from service.jobs import job_logs
+
+    _, logs = job_logs(args.name, args.address)
+    sys.stdout.write(logs)
+    return 0
+
+
+def _cmd_stop(args: argparse.Namespace) -> int:
+    from service.jobs import stop_sweep_job
+
+    result = stop_sweep_job(args.name, args.address)
+    if args.json:
+        print(json.dumps(result))
+    elif result["stopped"]:
+        print(f"stopped job {result['submission_id']} of sweep '{args.name}' ({result['status']})")
+    else:
+        print(f"job {result['submission_id']} of sweep '{args.name}' is not running ({result['status']})")
     return 0
 
 
@@ -183,7 +260,28 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("name")
     status.add_argument("--root", help="project folder (default $FROST_HOME or ./frost-runs)")
     status.add_argument("--json", action="store_true", help="one JSON object")
+    status.add_argument("--address", help="also the state of its Ray Job at this Jobs API (http://HEAD:8265)")
     status.set_defaults(func=_cmd_status)
+
+    jobs_address = "the head's Ray Jobs API, http://HEAD:8265 (default $RAY_API_SERVER_ADDRESS)"
+    submit = sub.add_parser("submit", help="run a sweep on a Ray cluster as a Ray Job (idempotent per spec)")
+    submit.add_argument("spec")
+    submit.add_argument("--address", help=jobs_address)
+    submit.add_argument("--root", help="project folder on the cluster (default: the head's $FROST_HOME)")
+    submit.add_argument("--json", action="store_true", help="last stdout line: a JSON summary")
+    overrides(submit)
+    submit.set_defaults(func=_cmd_submit)
+
+    logs = sub.add_parser("logs", help="the logs of a sweep's Ray Job")
+    logs.add_argument("name")
+    logs.add_argument("--address", help=jobs_address)
+    logs.set_defaults(func=_cmd_logs)
+
+    stop = sub.add_parser("stop", help="stop a sweep's Ray Job (resume it later with frost submit)")
+    stop.add_argument("name")
+    stop.add_argument("--address", help=jobs_address)
+    stop.add_argument("--json", action="store_true", help="one JSON object")
+    stop.set_defaults(func=_cmd_stop)
 
     ls = sub.add_parser("ls", help="sweeps known in the project folder")
     ls.add_argument("--root", help="project folder (default $FROST_HOME or ./frost-runs)")

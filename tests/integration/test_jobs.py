@@ -1,0 +1,175 @@
+"""`frost submit / logs / stop / status --address` against a real Ray head (Jobs API, token auth on).
+
+The head is started by deploy/local-cluster.sh on free loopback ports (never 6379) and stopped by the same
+script with the same state directory: the test ends exactly what it started.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import pytest
+import yaml
+
+from service.cli import main
+from service.jobs import connect, wait_for_job
+
+pytestmark = pytest.mark.integration
+
+# tests/integration/test_sweep.py's TINY_SWEEP, made FIFO with two trials below.
+TINY_SWEEP = {
+    "name": "tiny",
+    "trial": {
+        "data": {
+            "synth": {"train_images": 24, "val_images": 8, "image_size": 64, "classes": 4, "max_objects": 3}
+        },
+        "input": {"image_size": 64},
+        "backbone": {"weights": "none"},
+        "optim": {"warmup_steps": 0},
+        "train": {"epochs": 1, "batch_size": 8, "device": "cpu"},
+        "eval": {"rare_max": 4, "common_max": 12},
+    },
+    "search": {"optim.lr": {"grid": [0.05, 0.04]}},
+    "scheduler": {"type": "fifo"},
+    "resources": {"cpus": 1},
+    "max_concurrent_trials": 1,
+    "max_failures": 0,
+}
+
+SCRIPT = Path(__file__).resolve().parents[2] / "deploy" / "local-cluster.sh"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def sweep_spec(name: str, epochs: int) -> dict:
+    spec = copy.deepcopy(TINY_SWEEP)
+    spec["name"] = name
+    spec["trial"]["train"]["epochs"] = epochs
+    return spec
+
+
+def frost(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = main(list(argv))
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def head():
+    """A Ray head (2 CPUs, no workers) on 127.0.0.1 with token auth; its Jobs API address."""
+    # Short: Ray's Unix socket paths under the state dir must stay under 107 characters.
+    state = tempfile.mkdtemp(prefix="frj-", dir="/tmp")
+    ports = [free_port() for _ in range(3)]
+    assert 6379 not in ports
+    args = ["--port", str(ports[0]), "--dashboard-port", str(ports[1]), "--client-port", str(ports[2])]
+    args += ["--state-dir", state]
+    # The job's entrypoint runs `python`: the venv's, as a head on a real cluster would have.
+    env = {**os.environ, "PYTHON": sys.executable}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    started = subprocess.run(
+        ["bash", str(SCRIPT), "start", "--workers", "0", "--cpus", "2", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    try:
+        assert started.returncode == 0, started.stderr[-3000:]
+        yield f"http://127.0.0.1:{ports[1]}"
+    finally:
+        subprocess.run(["bash", str(SCRIPT), "stop", "--state-dir", state], env=env, timeout=120)
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def write_spec(folder: Path, spec: dict) -> Path:
+    path = folder / f"{spec['name']}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_submit_is_idempotent_and_the_job_runs_the_sweep(head, tmp_path):
+    spec = write_spec(tmp_path, sweep_spec("jobs-tiny", epochs=1))
+    root = tmp_path / "root"
+    code, out, err = frost("submit", str(spec), "--address", head, "--root", str(root), "--json")
+    assert code == 0, err
+    first = json.loads(out.strip().splitlines()[-1])
+    assert first["name"] == "jobs-tiny" and first["address"] == head
+    assert first["submission_id"].startswith("frost-jobs-tiny-")
+    assert "browse:" in out
+
+    code, out, err = frost("submit", str(spec), "--address", head, "--root", str(root), "--json")
+    assert code == 0, err
+    again = json.loads(out.strip().splitlines()[-1])
+    assert again["submission_id"] == first["submission_id"]
+    assert "nothing submitted" in out
+    jobs = [j for j in connect(head).list_jobs() if (j.metadata or {}).get("frost_sweep") == "jobs-tiny"]
+    assert len(jobs) == 1
+    # The code is shipped with the job (uploaded packages), not taken from whatever the head has installed.
+    shipped = jobs[0].runtime_env
+    assert len(shipped["py_modules"]) == 3 and all(m.startswith("gcs://") for m in shipped["py_modules"])
+    assert shipped["working_dir"].startswith("gcs://")
+
+    status = wait_for_job("jobs-tiny", head, ("SUCCEEDED", "FAILED", "STOPPED"), timeout=150)
+    code, logs, _ = frost("logs", "jobs-tiny", "--address", head)
+    assert status == "SUCCEEDED", logs[-3000:]
+    assert code == 0
+    summary = json.loads(logs.strip().splitlines()[-1])  # the driver's `frost run --json` line
+    assert summary["name"] == "jobs-tiny" and len(summary["trials"]) == 2
+    assert "frost: sweep 'jobs-tiny': 2 trials" in logs
+
+    # A finished job is kept: submitting the same spec again does not start a driver.
+    code, out, _ = frost("submit", str(spec), "--address", head, "--root", str(root))
+    assert code == 0 and "SUCCEEDED" in out and "nothing submitted" in out
+    code, out, err = frost("status", "jobs-tiny", "--root", str(root), "--address", head, "--json")
+    assert code == 0, err
+    state = json.loads(out)
+    assert state["state"] == "COMPLETE" and len(state["trials"]) == 2
+    assert state["job"]["status"] == "SUCCEEDED" and state["job"]["submission_id"] == first["submission_id"]
+
+
+def test_stop_stops_a_running_sweep(head, tmp_path):
+    spec = write_spec(tmp_path, sweep_spec("jobs-long", epochs=40))
+    code, out, err = frost("submit", str(spec), "--address", head, "--root", str(tmp_path / "root"), "--json")
+    assert code == 0, err
+    first = json.loads(out.strip().splitlines()[-1])
+    assert wait_for_job("jobs-long", head, ("RUNNING", "FAILED", "SUCCEEDED"), timeout=60) == "RUNNING"
+    code, out, err = frost("stop", "jobs-long", "--address", head, "--json")
+    assert code == 0, err
+    assert json.loads(out)["stopped"] is True
+    assert wait_for_job("jobs-long", head, ("STOPPED", "FAILED", "SUCCEEDED"), timeout=60) == "STOPPED"
+    code, out, _ = frost("stop", "jobs-long", "--address", head)
+    assert code == 0 and "not running" in out
+
+    # A stopped sweep is submitted again under a new submission id (the driver resumes it from storage).
+    code, out, err = frost("submit", str(spec), "--address", head, "--root", str(tmp_path / "root"), "--json")
+    assert code == 0, err
+    again = json.loads(out.strip().splitlines()[-1])
+    assert again["submission_id"] == f"{first['submission_id']}-r2"
+    # A changed spec under the name of a running sweep is refused, not started beside it.
+    code, _, err = frost("submit", str(spec), "--address", head, "--set", "trial.train.epochs=39")
+    assert code == 2 and "different spec" in err
+    code, out, err = frost("stop", "jobs-long", "--address", head, "--json")
+    assert code == 0 and json.loads(out)["submission_id"] == again["submission_id"], err
+
+
+def test_an_unreachable_head_is_a_user_error(tmp_path):
+    spec = write_spec(tmp_path, sweep_spec("jobs-nowhere", epochs=1))
+    code, _, err = frost("submit", str(spec), "--address", f"http://127.0.0.1:{free_port()}")
+    assert code == 2 and "cannot reach the Ray Jobs API" in err and "Traceback" not in err
+    code, _, err = frost("logs", "jobs-nowhere", "--address", "127.0.0.1:8265")
+    assert code == 2 and "http(s)://HEAD:PORT" in err
