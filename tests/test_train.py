@@ -6,7 +6,7 @@ import torch
 from service.cli import main
 from trainers.config import load_trial_spec
 from trainers.errors import FrostError, TrainingError
-from trainers.train import CHECKPOINT_FILE, checkpoint_dirs, lr_factor, run_trial
+from trainers.train import CHECKPOINT_FILE, checkpoint_dirs, lr_factor, read_attempts, run_trial
 
 CONTRACT_KEYS = {
     "AP", "AP50", "AP_r", "AP_c", "AP_f", "trainable_params", "total_params",
@@ -74,6 +74,8 @@ def test_interrupted_then_resumed_run_ends_like_an_uninterrupted_one(tmp_path, t
         assert torch.allclose(tensor.float(), b["model"][name].float(), atol=1e-5), name
     history = [json.loads(line)["epoch"] for line in (tmp_path / "resumed/metrics.jsonl").open()]
     assert history == [1, 2, 3]  # no epoch counted twice
+    attempts = read_attempts(tmp_path / "resumed")
+    assert [a["resumed_after_epoch"] for a in attempts] == [0, 2]  # died after checkpointing epoch 2
 
 
 def test_finished_trial_is_not_trained_again(tmp_path, tiny_trial, capsys):
@@ -94,8 +96,13 @@ def test_a_directory_holding_another_trial_is_refused(tmp_path, tiny_trial, tiny
 
 def test_non_finite_loss_names_epoch_and_step(tmp_path, capsys, cli_train, tiny_overrides):
     overrides = ["optim.lr=1e30", "optim.grad_clip=null", "optim.warmup_steps=0", "train.epochs=1"]
+    spec = load_trial_spec(None, [*tiny_overrides, *overrides])
     with pytest.raises(TrainingError, match=r"non-finite loss at epoch 1 step \d+/3"):
-        run_trial(load_trial_spec(None, [*tiny_overrides, *overrides]), tmp_path / "t")
+        run_trial(spec, tmp_path / "t")
+    # Deterministic: starting it again (a sweep's retry) fails at once with the recorded reason, training nothing.
+    with pytest.raises(TrainingError, match=r"non-finite loss at epoch 1 .*recorded in .*failed.json"):
+        run_trial(spec, tmp_path / "t")
+    assert len(read_attempts(tmp_path / "t")) == 1
     assert cli_train(tmp_path / "cli", *overrides) == 1
     assert "training failed: non-finite loss at epoch 1" in capsys.readouterr().err
 

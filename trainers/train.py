@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import resource
 import shutil
+import socket
 import sys
 import time
 from pathlib import Path
@@ -280,6 +282,7 @@ def run_trial(
     """
     out_dir = Path(out_dir)
     prepare_trial_dir(spec, out_dir)
+    refuse_failed_trial(out_dir)
     reporter = reporter or JsonLinesReporter(out_dir / "metrics.jsonl")
     seed_everything(spec.seed)
     device = resolve_device(spec.train.device)
@@ -317,6 +320,7 @@ def run_trial(
             for record in replay:
                 last = record is replay[-1]
                 reporter.report(record["epoch"], record, checkpoint if last else None)
+    record_attempt(out_dir, start_epoch - 1)
     log(
         f"trial: {spec.detector} {spec.backbone.name} freeze={spec.backbone.freeze} on {device}; "
         f"{len(train_set)} train / {len(val_set)} val images, {train_set.categories.num_classes} classes; "
@@ -327,7 +331,13 @@ def run_trial(
         torch.cuda.reset_peak_memory_stats(device)
     for epoch in range(start_epoch, spec.train.epochs + 1):
         metrics: dict[str, Any] = {"epoch": epoch}
-        metrics.update(train_one_epoch(spec, model, optimizer, scheduler, scaler, train_set, epoch, device))
+        try:
+            metrics.update(
+                train_one_epoch(spec, model, optimizer, scheduler, scaler, train_set, epoch, device)
+            )
+        except TrainingError as exc:
+            record_failure(out_dir, epoch, str(exc))
+            raise
         metrics.update(peak_memory_mb=peak_memory_mb(device), trainable_params=trainable, total_params=total)
         if epoch % spec.eval.every == 0 or epoch == spec.train.epochs:
             detections = predict(spec, model, val_set, device)
@@ -355,6 +365,50 @@ def run_trial(
         checkpoint_dir = save_checkpoint(out_dir, epoch, state, spec.train.keep_checkpoints)
         reporter.report(epoch, metrics, checkpoint_dir)
     return final_metrics(history)
+
+
+# ---------------------------------------------------------------------------------------------- attempts
+ATTEMPTS_FILE = "attempts.jsonl"
+FAILED_FILE = "failed.json"
+
+
+def record_attempt(out_dir: Path, resumed_after: int) -> None:
+    """One line per start of this trial: when, where (host, pid) and after which epoch it resumed.
+
+    What a retried or resumed trial re-ran is read off here; the pid is the process training right now.
+    """
+    line = {
+        "attempt": len(read_attempts(out_dir)) + 1,
+        "started": time.time(),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "resumed_after_epoch": resumed_after,
+    }
+    with (out_dir / ATTEMPTS_FILE).open("a") as handle:
+        handle.write(json.dumps(line) + "\n")
+
+
+def read_attempts(out_dir: Path) -> list[dict[str, Any]]:
+    path = Path(out_dir) / ATTEMPTS_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def record_failure(out_dir: Path, epoch: int, message: str) -> None:
+    """A deterministic failure (non-finite loss): retrying from the same checkpoint fails the same way."""
+    (out_dir / FAILED_FILE).write_text(json.dumps({"epoch": epoch, "error": message}))
+
+
+def refuse_failed_trial(out_dir: Path) -> None:
+    """A trial that failed deterministically is not trained again: retries (a sweep's) fail at once."""
+    path = out_dir / FAILED_FILE
+    if path.exists():
+        failure = json.loads(path.read_text())
+        raise TrainingError(
+            f"{failure['error']} (recorded in {path}; training again from the same checkpoint would repeat it: "
+            "change the trial or remove that file)"
+        )
 
 
 def final_metrics(history: list[dict[str, Any]]) -> dict[str, Any]:
