@@ -75,7 +75,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from sweeps.spec import load_sweep_spec
 
     spec = load_sweep_spec(args.spec, args.set)
-    summary = run_sweep(spec, root=args.root, address=args.address, json_output=args.json)
+    summary = run_sweep(spec, root=args.root, address=args.address, json_output=args.json, force=args.force)
     if args.json:
         print(json.dumps(summary))
     return 0 if summary.get("ok", True) else 1
@@ -153,7 +153,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
             "storage there (else it lands in the job's temporary working directory)",
             file=sys.stderr,
         )
-    result = submit_sweep(spec, args.address, root=args.root)
+    result = submit_sweep(spec, args.address, root=args.root, force=args.force)
     if result["submitted"]:
         print(f"submitted sweep '{spec.name}' as Ray Job {result['submission_id']} ({result['status']})")
     else:
@@ -246,6 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--root", help="project folder (default $FROST_HOME or ./frost-runs)")
     run.add_argument("--address", help="attach to an existing Ray cluster")
     run.add_argument("--json", action="store_true", help="last stdout line: a JSON summary")
+    run.add_argument(
+        "--force",
+        action="store_true",
+        help="a changed spec under an existing name: keep the old sweep aside and start afresh",
+    )
     overrides(run)
     run.set_defaults(func=_cmd_run)
 
@@ -269,6 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--address", help=jobs_address)
     submit.add_argument("--root", help="project folder on the cluster (default: the head's $FROST_HOME)")
     submit.add_argument("--json", action="store_true", help="last stdout line: a JSON summary")
+    submit.add_argument(
+        "--force",
+        action="store_true",
+        help="a changed spec under an existing name: keep the old sweep aside and start afresh",
+    )
     overrides(submit)
     submit.set_defaults(func=_cmd_submit)
 

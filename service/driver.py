@@ -11,6 +11,7 @@ import functools
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -230,13 +231,17 @@ def start_ray(address: str | None, root: Path) -> bool:
 
 
 def run_sweep(
-    spec: SweepSpec, root: str | Path | None = None, address: str | None = None, json_output: bool = False
+    spec: SweepSpec,
+    root: str | Path | None = None,
+    address: str | None = None,
+    json_output: bool = False,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Run (or resume) a sweep to the end; returns the summary `frost run --json` prints."""
     root = project_root(root)
     directory = sweep_dir(spec, root)
     directory.mkdir(parents=True, exist_ok=True)
-    check_same_spec(spec, directory)
+    check_same_spec(spec, directory, force)
     metric, mode = ranking(spec)
     status = sweep_status(directory, metric, mode, spec.trial_count(), list(spec.search))
     if status["state"] == "COMPLETE":
@@ -273,18 +278,40 @@ def run_sweep(
     return summary
 
 
-def check_same_spec(spec: SweepSpec, directory: Path) -> None:
-    """A sweep's identity is its name: a different spec under the same name is refused, not mixed in."""
+def check_same_spec(spec: SweepSpec, directory: Path, force: bool = False) -> None:
+    """A sweep's identity is its name: a different spec under the same name is refused, not mixed in.
+
+    With `force`, the old sweep's folder is moved aside (kept whole, under `.replaced/` beside it; its MLflow
+    runs stay, tagged with the old spec hash) and the new spec starts afresh under the name.
+    """
     saved = directory / SPEC_FILE
     if saved.exists():
         previous = load_sweep_spec(saved)
-        if previous.digest() != spec.digest():
-            diff = "\n".join(f"  {line}" for line in spec_diff(previous, spec))
+        if previous.digest() == spec.digest():
+            return
+        diff = "\n".join(f"  {line}" for line in spec_diff(previous, spec))
+        if not force:
             raise FrostError(
                 f"sweep '{spec.name}' already exists in {directory} with a different spec:\n{diff}\n"
-                "give the sweep another name, or remove that directory"
+                "give the sweep another name, or pass --force to start it afresh (the old one is kept aside)"
             )
-        return
+        remote = [s for s in (previous.storage, spec.storage) if s and "://" in s]
+        if remote:
+            raise FrostError(
+                f"--force: sweep '{spec.name}' keeps its Ray Tune state in remote storage ({remote[0]}); "
+                "move or delete it there first, or give the sweep another name"
+            )
+        archive = (
+            directory.parent
+            / ".replaced"
+            / f"{spec.name}-{previous.digest()}-{time.strftime('%Y%m%d-%H%M%S')}"
+        )
+        archive.parent.mkdir(parents=True, exist_ok=True)
+        directory.rename(archive)
+        directory.mkdir(parents=True)
+        log(
+            f"--force: sweep '{spec.name}' changed:\n{diff}\nthe old sweep is kept in {archive}; starting afresh"
+        )
     dump_sweep_spec(spec, saved)
 
 

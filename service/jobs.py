@@ -100,10 +100,11 @@ def package_dirs() -> list[str]:
     return [str(Path(importlib.import_module(name).__file__).parent) for name in PACKAGES]
 
 
-def entrypoint(root: str | None) -> str:
+def entrypoint(root: str | None, force: bool = False) -> str:
     """The driver's command on the head. Without --root the head's FROST_HOME (or ./frost-runs) decides."""
     command = ["python", "-m", "service.cli", "run", JOB_SPEC_FILE, "--address", "auto"]
     command += ["--root", root] if root else []
+    command += ["--force"] if force else []
     command += ["--json"]
     return shlex.join(command)
 
@@ -130,7 +131,11 @@ def _next_submission_id(base: str, taken: set[str]) -> str:
 
 
 def submit_sweep(
-    spec: SweepSpec, address: str | None, root: str | None = None, extra_env: dict[str, str] | None = None
+    spec: SweepSpec,
+    address: str | None,
+    root: str | None = None,
+    extra_env: dict[str, str] | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Submit the sweep's driver as a Ray Job, unless a job of the same spec is pending, running or done.
 
@@ -168,7 +173,7 @@ def submit_sweep(
             runtime_env["env_vars"] = dict(extra_env)
         try:
             client.submit_job(
-                entrypoint=entrypoint(root),
+                entrypoint=entrypoint(root, force),
                 submission_id=job_id,
                 runtime_env=runtime_env,
                 metadata={SWEEP_KEY: spec.name, "frost_spec_digest": spec.digest()},

@@ -477,3 +477,41 @@ def test_scheduler_is_not_judged_against_a_searched_epochs_entry_that_failed(cap
     assert code == 2
     assert "search.train.epochs: grid value 8.5 is invalid" in err
     assert not any(line.startswith("scheduler") for line in err.splitlines()), err
+
+
+# ----------------------------------------------------------------------------------------- --force
+def test_a_changed_spec_is_refused_unless_forced_and_forcing_keeps_the_old_sweep(tmp_path):
+    from service.driver import check_same_spec
+    from service.status import SPEC_FILE, list_sweeps
+
+    old = load_sweep_spec(CATALOG / "smoke.yaml")
+    new = load_sweep_spec(CATALOG / "smoke.yaml", ["trial.seed=7"])
+    directory = tmp_path / "sweeps" / old.name
+    directory.mkdir(parents=True)
+    check_same_spec(old, directory)  # first run: the spec is saved beside the sweep
+    (directory / "trials").mkdir()
+    (directory / "trials" / "result.json").write_text("{}")
+    check_same_spec(old, directory)  # the same spec again: nothing happens
+
+    with pytest.raises(FrostError, match=r"(?s)different spec.*trial.seed: 0 -> 7.*--force"):
+        check_same_spec(new, directory)
+    assert load_sweep_spec(directory / SPEC_FILE).digest() == old.digest()  # refused: nothing touched
+
+    check_same_spec(new, directory, force=True)
+    assert load_sweep_spec(directory / SPEC_FILE).digest() == new.digest()
+    assert not (directory / "trials").exists()  # starts afresh
+    (kept,) = (tmp_path / "sweeps" / ".replaced").iterdir()
+    assert kept.name.startswith(f"{old.name}-{old.digest()}-")
+    assert (kept / "trials" / "result.json").exists() and load_sweep_spec(kept / SPEC_FILE) == old
+    assert list_sweeps(tmp_path) == [old.name]  # the kept one is not a sweep under the name
+
+
+def test_force_refuses_to_move_remote_state(tmp_path):
+    from service.driver import check_same_spec
+
+    old = load_sweep_spec(CATALOG / "smoke.yaml", ["storage=s3://bucket/frost"])
+    directory = tmp_path / "sweeps" / old.name
+    directory.mkdir(parents=True)
+    check_same_spec(old, directory)
+    with pytest.raises(FrostError, match="remote storage \\(s3://bucket/frost\\)"):
+        check_same_spec(load_sweep_spec(CATALOG / "smoke.yaml", ["trial.seed=7"]), directory, force=True)
