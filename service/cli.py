@@ -301,6 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.func in (_cmd_run, _cmd_resume):
+        from service.loopback import keep_ray_on_loopback
+
+        keep_ray_on_loopback(args.address)
     try:
         return args.func(args)
     except FrostError as exc:

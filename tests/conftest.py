@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# Every Ray runtime the tests start (in this process or in the `frost` processes it spawns) listens on
+# 127.0.0.1 only; Ray reads this once, on import (service/loopback.py says why).
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
 from trainers.config import TrialSpec, load_trial_spec
 

@@ -38,7 +38,7 @@ SWEEP = {
 
 
 def frost(*args, root, **kwargs):
-    env = {**os.environ, "FROST_HOME": str(root)}
+    env = {**kwargs.pop("env", os.environ), "FROST_HOME": str(root)}
     return subprocess.Popen(
         [sys.executable, "-m", "service.cli", *args, "--root", str(root)],
         env=env,

@@ -1,0 +1,76 @@
+"""The embedded default listens on loopback only: every socket `frost run`'s Ray runtime opens is 127.0.0.1."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import time
+
+import psutil
+import pytest
+import yaml
+from test_resume import SWEEP, frost
+
+from service.loopback import is_loopback
+from trainers.train import read_attempts
+
+pytestmark = pytest.mark.integration
+
+LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
+
+
+def listening(pid: int) -> set[tuple[str, str]]:
+    """(process name, address) of every listening TCP socket of `pid` and its descendants."""
+    root = psutil.Process(pid)
+    found = set()
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            found |= {
+                (proc.name(), conn.laddr.ip)
+                for conn in proc.net_connections(kind="inet")
+                if conn.status == psutil.CONN_LISTEN
+            }
+        except psutil.Error:
+            pass  # exited meanwhile
+    return found
+
+
+def test_embedded_runtime_listens_on_loopback_only(tmp_path):
+    spec = copy.deepcopy(SWEEP)
+    spec.update(name="loopback", search={"optim.lr": {"grid": [0.02]}})
+    spec["trial"]["train"]["epochs"] = 2
+    path = tmp_path / "loopback.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    root = tmp_path / "root"
+    trials = root / "sweeps" / "loopback" / "trials"
+    env = {
+        k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+    }  # frost's own doing
+    driver = frost("run", str(path), "--json", root=root, start_new_session=True, env=env)
+    try:
+        deadline = time.monotonic() + 240
+        while not any(read_attempts(t) for t in (trials.iterdir() if trials.is_dir() else [])):
+            assert driver.poll() is None, driver.stderr.read()[-3000:]
+            assert time.monotonic() < deadline, "no trial started"
+            time.sleep(0.2)
+        sockets = listening(driver.pid)
+        names = {name for name, _ in sockets}
+        assert {"gcs_server", "raylet"} <= names, sockets  # the runtime's servers were seen
+        assert {ip for _, ip in sockets} <= LOOPBACK, sorted(sockets)
+        out, err = driver.communicate(timeout=300)
+        assert driver.returncode == 0, err[-3000:]
+        assert json.loads(out.strip().splitlines()[-1])["trials"][0]["state"] == "TERMINATED"
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize(
+    ("address", "local"),
+    [(None, True), ("127.0.0.1:6380", True), ("localhost:6380", True), ("ray://127.0.0.1:10001", True),
+     ("10.0.0.5:6379", False), ("auto", False), ("ray://head.example:10001", False)],
+)  # fmt: skip
+def test_only_local_addresses_are_pinned(address, local):
+    assert is_loopback(address) is local
