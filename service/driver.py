@@ -7,11 +7,15 @@ newest epoch checkpoint, not from the (lagging) experiment-state snapshot.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -269,13 +273,33 @@ def run_sweep(
     )
     started = start_ray(address, root)
     try:
-        results = build_tuner(spec, root, callback).fit()
+        with sigterm_stops_gracefully():
+            results = build_tuner(spec, root, callback).fit()
     finally:
         if started:
             ray.shutdown()
     summary = summarize(spec, results, directory, tracking_uri, experiment)
     print_summary(summary, tracking_uri, root)
     return summary
+
+
+@contextlib.contextmanager
+def sigterm_stops_gracefully() -> Iterator[None]:
+    """SIGTERM (`frost stop`, a Kubernetes pod ending) becomes Ray Tune's own graceful stop (SIGUSR1): trials
+    stop, their runs are marked interrupted, not left RUNNING, and the sweep resumes later."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def forward(signum: int, frame: Any) -> None:
+        log("SIGTERM: stopping the sweep (resume it with frost resume / frost submit)")
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def check_same_spec(spec: SweepSpec, directory: Path, force: bool = False) -> None:

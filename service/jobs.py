@@ -32,6 +32,7 @@ SWEEP_KEY = "frost_sweep"
 ACTIVE = ("PENDING", "RUNNING")
 KEPT = ("PENDING", "RUNNING", "SUCCEEDED")  # a job in one of these is not submitted again
 PACKAGES = ("trainers", "sweeps", "service")
+STOP_GRACE_S = 60  # seconds between `frost stop`'s SIGTERM and Ray's SIGKILL of the driver
 # Left out of what the job uploads: caches and anything a developer may have beside the code.
 EXCLUDES = ["__pycache__", "*.pyc", ".pytest_cache", "frost-runs", "*.egg-info"]
 
@@ -169,8 +170,9 @@ def submit_sweep(
             "py_modules": package_dirs(),
             "excludes": EXCLUDES,
         }
-        if extra_env:
-            runtime_env["env_vars"] = dict(extra_env)
+        # `frost stop`: Ray's job supervisor (which runs with this runtime_env) sends SIGTERM, which the driver
+        # turns into Tune's graceful stop; give it time to mark the runs interrupted before Ray's SIGKILL.
+        runtime_env["env_vars"] = {"RAY_JOB_STOP_WAIT_TIME_S": str(STOP_GRACE_S), **(extra_env or {})}
         try:
             client.submit_job(
                 entrypoint=entrypoint(root, force),

@@ -15,14 +15,17 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
 import yaml
+from mlflow.tracking import MlflowClient
 
 from service.cli import main
 from service.jobs import connect, wait_for_job
+from service.tracking import default_tracking_uri
 
 pytestmark = pytest.mark.integration
 
@@ -148,12 +151,25 @@ def test_stop_stops_a_running_sweep(head, tmp_path):
     assert code == 0, err
     first = json.loads(out.strip().splitlines()[-1])
     assert wait_for_job("jobs-long", head, ("RUNNING", "FAILED", "SUCCEEDED"), timeout=60) == "RUNNING"
+    trials = tmp_path / "root" / "sweeps" / "jobs-long" / "trials"
+    deadline = time.monotonic() + 180
+    while not list(trials.glob("*/checkpoints/epoch-0001")):  # training, and tracked, before the stop
+        assert time.monotonic() < deadline, frost("logs", "jobs-long", "--address", head)[1][-3000:]
+        time.sleep(0.5)
     code, out, err = frost("stop", "jobs-long", "--address", head, "--json")
     assert code == 0, err
     assert json.loads(out)["stopped"] is True
-    assert wait_for_job("jobs-long", head, ("STOPPED", "FAILED", "SUCCEEDED"), timeout=60) == "STOPPED"
+    assert wait_for_job("jobs-long", head, ("STOPPED", "FAILED", "SUCCEEDED"), timeout=90) == "STOPPED"
     code, out, _ = frost("stop", "jobs-long", "--address", head)
     assert code == 0 and "not running" in out
+    # The stop was graceful: the driver marked the sweep's runs interrupted, none is left RUNNING.
+    code, logs, _ = frost("logs", "jobs-long", "--address", head)
+    assert "SIGTERM: stopping the sweep" in logs, logs[-3000:]
+    client = MlflowClient(default_tracking_uri(tmp_path / "root"))
+    runs = client.search_runs([client.get_experiment_by_name("jobs-long").experiment_id])
+    assert runs and {r.info.status for r in runs} == {"KILLED"}, [
+        (r.info.run_name, r.info.status) for r in runs
+    ]
 
     # A stopped sweep is submitted again under a new submission id (the driver resumes it from storage).
     code, out, err = frost("submit", str(spec), "--address", head, "--root", str(tmp_path / "root"), "--json")
