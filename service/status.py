@@ -45,7 +45,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def trial_history(trial_dir: Path) -> list[dict[str, Any]]:
     """Per-epoch metrics of a trial from its newest checkpoint (the trainer keeps the history there)."""
-    checkpoints = sorted((trial_dir / "checkpoints").glob("epoch-*/history.json"))
+    checkpoints = sorted((trial_dir / "checkpoints").glob("epoch-[0-9]*[0-9]/history.json"))
     if not checkpoints:
         return []
     history = json.loads(checkpoints[-1].read_text())

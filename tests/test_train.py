@@ -158,3 +158,19 @@ def test_resume_reports_again_the_epochs_the_listener_never_received(tmp_path, t
     recorder = Recorder()
     run_trial(spec, tmp_path / "t", reporter=recorder, reported_up_to=0)  # finished: replays, trains nothing
     assert recorder.calls == [(1, 1, False), (2, 2, False), (3, 3, True)]
+
+
+def test_a_save_cut_off_midway_is_not_a_checkpoint(tmp_path, tiny_trial):
+    spec = tiny_trial.model_copy(update={"train": tiny_trial.train.model_copy(update={"epochs": 3})})
+    with pytest.raises(Interrupt):
+        run_trial(spec, tmp_path / "t", reporter=StopAfter(2))
+    # The process died while saving epoch 3: its staging folder holds state.pt and nothing else.
+    staged = tmp_path / "t" / "checkpoints" / "epoch-0003.tmp"
+    staged.mkdir()
+    (staged / CHECKPOINT_FILE).write_bytes(
+        (checkpoint_dirs(tmp_path / "t")[-1] / CHECKPOINT_FILE).read_bytes()
+    )
+    assert [p.name for p in checkpoint_dirs(tmp_path / "t")] == ["epoch-0001", "epoch-0002"]
+    assert run_trial(spec, tmp_path / "t")["epochs"] == 3  # resumed from epoch 2, not from the torn save
+    assert read_attempts(tmp_path / "t")[-1]["resumed_after_epoch"] == 2
+    assert not staged.exists()

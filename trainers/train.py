@@ -86,7 +86,8 @@ def checkpoint_dirs(out_dir: Path) -> list[Path]:
     root = out_dir / "checkpoints"
     if not root.is_dir():
         return []
-    return sorted(p for p in root.glob("epoch-*") if (p / CHECKPOINT_FILE).is_file())
+    # Not `epoch-NNNN.tmp`: a save interrupted after state.pt was written is no checkpoint (the rename is).
+    return sorted(p for p in root.glob("epoch-[0-9]*[0-9]") if (p / CHECKPOINT_FILE).is_file())
 
 
 def save_checkpoint(out_dir: Path, epoch: int, state: dict[str, Any], keep: int) -> Path:
