@@ -10,7 +10,7 @@
 #   deploy/local-cluster.sh status [--port P | --state-dir DIR]
 #   deploy/local-cluster.sh stop   [--port P | --state-dir DIR]
 #
-# `stop` ends only the processes this script started: it signals the PIDs (and their process groups) recorded
+# `stop` ends only the processes this script started: it signals the PIDs (and their sessions) recorded
 # in the state directory. It never runs `ray stop`, which would stop every Ray instance of the user.
 #
 # Defaults (flags win over environment variables): GCS port 6380 (6379 is Redis on these machines),
@@ -86,8 +86,9 @@ ensure_token() {
     fi
 }
 
-# Start one node as `ray start --block` in its own session: its PID is also the process group of every Ray
-# process of that node, which is what `stop` signals.
+# Start one node as `ray start --block` in its own session: its PID is the session id of every Ray process of
+# that node (Ray gives its workers process groups of their own, but they stay in the session), which is what
+# `stop` signals.
 start_node() {
     local name=$1
     shift
@@ -161,26 +162,35 @@ Clients reach it with these two variables set (without the second, Ray dials the
 EOF
 }
 
-# SIGTERM to `ray start --block` makes it stop its node's processes; whatever is left of that node's own
-# process group is terminated after a grace period.
+# The PIDs of the processes of session $1 (a node's `ray start`, which leads its session).
+session_pids() {
+    pgrep -s "$1" 2>/dev/null || true
+}
+
+# SIGTERM to `ray start --block` makes it stop its node's processes; whatever is left of that node's session
+# is terminated after a grace period, by PID.
 stop_node() {
-    local pidfile=$1 pid own_group
+    local pidfile=$1 pid own_session left
     if ! pid=$(live_pid "$pidfile"); then
         rm -f "$pidfile"
         return 0
     fi
-    own_group=$(ps -o pgid= -p $$ | tr -d ' ')
-    [[ $pid != "$own_group" ]] || die "refusing to signal this script's own process group"
+    own_session=$(ps -o sid= -p $$ | tr -d ' ')
+    [[ $pid != "$own_session" ]] || die "refusing to signal this script's own session"
     echo "stopping $(basename "$pidfile" .pid) (pid $pid)"
     kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 1 30); do
-        kill -0 -- "-$pid" 2>/dev/null || break
+        [[ -n $(session_pids "$pid") ]] || break
         sleep 1
     done
-    if kill -0 -- "-$pid" 2>/dev/null; then
-        kill -TERM -- "-$pid" 2>/dev/null || true
+    left=$(session_pids "$pid")
+    if [[ -n $left ]]; then
+        # shellcheck disable=SC2086 # one PID per word
+        kill -TERM $left 2>/dev/null || true
         sleep 5
-        kill -KILL -- "-$pid" 2>/dev/null || true
+        left=$(session_pids "$pid")
+        # shellcheck disable=SC2086
+        [[ -z $left ]] || kill -KILL $left 2>/dev/null || true
     fi
     rm -f "$pidfile"
 }
