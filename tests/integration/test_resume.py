@@ -212,4 +212,13 @@ def test_asha_decisions_survive_a_kill(asha_spec, uninterrupted, tmp_path, kill_
     resumed = frost("resume", "asha-killed", "--json", root=root)
     out, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err[-3000:]
-    assert epochs_by_lr(json.loads(out.strip().splitlines()[-1])) == uninterrupted
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert epochs_by_lr(summary) == uninterrupted
+
+    # MLflow: one run per trial, none RUNNING; a trial ASHA stopped has exactly the epochs it ran.
+    client = MlflowClient(summary["tracking_uri"])
+    runs = client.search_runs([client.get_experiment_by_name("asha-killed").experiment_id])
+    assert len(runs) == 5 and all(r.info.status == "FINISHED" for r in runs)
+    for trial in summary["trials"]:
+        steps = [m.step for m in client.get_metric_history(trial["mlflow_run_id"], "loss")]
+        assert steps == list(range(1, trial["epochs"] + 1)), trial
