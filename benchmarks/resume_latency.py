@@ -20,6 +20,8 @@ from pathlib import Path
 
 import yaml
 
+from trainers.train import read_attempts
+
 SWEEP = {
     "name": "resume-latency",
     "trial": {
@@ -70,6 +72,10 @@ def main() -> None:
             time.sleep(0.1)
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
+        # A trial's worker notices its driver is gone a moment later, and may land the epoch it was in first.
+        workers = [read_attempts(t)[-1]["pid"] for t in trials.iterdir() if read_attempts(t)]
+        while any(Path(f"/proc/{pid}").exists() for pid in workers):
+            time.sleep(0.1)
         at_kill = newest(trials)
 
         start = time.perf_counter()
@@ -91,8 +97,10 @@ def main() -> None:
     print(f"to the first epoch reported again  {first_report:6.1f} s")
     print(f"resume in total                    {total:6.1f} s (exit {resumed.returncode})")
     for trial, epoch in sorted(at_kill.items()):
+        resumed_after = resumed_from.get(trial, 0)
         print(
-            f"trial {trial}: newest checkpoint at kill epoch {epoch}, resumed from epoch {resumed_from.get(trial)}"
+            f"trial {trial}: newest checkpoint once its worker was gone: epoch {epoch}; resumed after epoch "
+            f"{resumed_after}; epochs re-run: {epoch + 1 - resumed_after} (the one in flight at the kill)"
         )
 
 
