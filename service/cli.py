@@ -176,8 +176,17 @@ def _cmd_submit(args: argparse.Namespace) -> int:
 
 
 def _cmd_logs(args: argparse.Namespace) -> int:
-    from service.jobs import job_logs
+    from service.jobs import follow_job_logs, job_logs
 
+    if args.follow:
+
+        def write(chunk: str) -> None:
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+
+        status = follow_job_logs(args.name, args.address, write)
+        print(f"frost: job of sweep '{args.name}' ended: {status}", file=sys.stderr)
+        return 0
     _, logs = job_logs(args.name, args.address)
     sys.stdout.write(logs)
     return 0
@@ -285,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     logs = sub.add_parser("logs", help="the logs of a sweep's Ray Job")
     logs.add_argument("name")
     logs.add_argument("--address", help=jobs_address)
+    logs.add_argument("-f", "--follow", action="store_true", help="stream the logs until the job ends")
     logs.set_defaults(func=_cmd_logs)
 
     stop = sub.add_parser("stop", help="stop a sweep's Ray Job (resume it later with frost submit)")

@@ -206,6 +206,22 @@ def job_logs(name: str, address: str | None) -> tuple[str, str]:
     return job.submission_id, _call(url, "reading the job's logs", client.get_job_logs, job.submission_id)
 
 
+def follow_job_logs(name: str, address: str | None, write: Any) -> str:
+    """Stream the sweep's newest job's logs to `write` until the job ends; returns its final status."""
+    import asyncio
+
+    url = jobs_address(address)
+    client = connect(url)
+    job = latest_job(client, url, name)
+
+    async def tail() -> None:
+        async for chunk in client.tail_job_logs(job.submission_id):
+            write(chunk)
+
+    _call(url, "following the job's logs", asyncio.run, tail())
+    return _status(_call(url, "reading the job", client.get_job_status, job.submission_id))
+
+
 def stop_sweep_job(name: str, address: str | None) -> dict[str, Any]:
     """Ask Ray to stop the sweep's newest job; its state in storage lets `frost submit`/`resume` continue it."""
     url = jobs_address(address)

@@ -127,6 +127,10 @@ def test_submit_is_idempotent_and_the_job_runs_the_sweep(head, tmp_path):
     assert len(shipped["py_modules"]) == 3 and all(m.startswith("gcs://") for m in shipped["py_modules"])
     assert shipped["working_dir"].startswith("gcs://")
 
+    # --follow streams the driver's output while the sweep runs and returns once the job has ended.
+    code, followed, err = frost("logs", "jobs-tiny", "--address", head, "--follow")
+    assert code == 0 and "ended: SUCCEEDED" in err, err[-3000:]
+    assert "frost: sweep 'jobs-tiny': 2 trials" in followed
     status = wait_for_job("jobs-tiny", head, ("SUCCEEDED", "FAILED", "STOPPED"), timeout=150)
     code, logs, _ = frost("logs", "jobs-tiny", "--address", head)
     assert status == "SUCCEEDED", logs[-3000:]
