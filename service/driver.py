@@ -22,6 +22,7 @@ from typing import Any
 import ray
 from ray import tune
 
+from service.plots import plot_sweep
 from service.status import SPEC_FILE, sweep_status
 from service.tracking import (
     MlflowTrackingCallback,
@@ -279,8 +280,26 @@ def run_sweep(
         if started:
             ray.shutdown()
     summary = summarize(spec, results, directory, tracking_uri, experiment)
+    plot = plot_sweep(directory, metric, mode, list(spec.search))
+    if plot is not None:
+        summary["plot"] = str(plot)
+        attach_to_parent(tracking_uri, summary["parent_run_id"], plot)
     print_summary(summary, tracking_uri, root)
     return summary
+
+
+def attach_to_parent(tracking_uri: str, parent_run_id: str | None, path: Path) -> None:
+    """Best effort: the sweep's plot on its MLflow parent run (it stays beside the sweep either way)."""
+    if not parent_run_id:
+        return
+    from mlflow.tracking import MlflowClient
+
+    try:
+        MlflowClient(tracking_uri=tracking_uri).log_artifact(parent_run_id, str(path))
+    except Exception as exc:  # a tracking server that is down must not fail a finished sweep
+        log(
+            f"tracking: could not attach {path.name} to the sweep's run ({type(exc).__name__}); it is at {path}"
+        )
 
 
 @contextlib.contextmanager
@@ -401,6 +420,8 @@ def print_summary(summary: dict[str, Any], tracking_uri: str, root: Path) -> Non
         log(
             f"  {trial['trial_id']}  {trial['state']:<10} epochs {trial['epochs']:>3}  {metric} {shown}  {trial['config']}"
         )
+    if summary.get("plot"):
+        log(f"plot: {summary['plot']}")
     if summary["best"]:
         best = summary["best"]
         log(

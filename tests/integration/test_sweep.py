@@ -132,3 +132,13 @@ def test_status_reads_the_sweep_back_from_storage(sweep, capsys):
     assert capsys.readouterr().out.split() == ["tiny-asha"]
     assert main(["status", "nope", "--root", str(sweep["root"])]) == 2
     assert "no sweep named 'nope'" in capsys.readouterr().err
+
+
+def test_the_sweep_is_plotted_beside_it_and_on_its_parent_run(sweep):
+    summary = json.loads(sweep["stdout"].strip().splitlines()[-1])
+    plot = sweep["root"] / "sweeps" / "tiny-asha" / "sweep.png"
+    assert summary["plot"] == str(plot)
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
+    assert f"plot: {plot}" in sweep["stderr"]
+    client = MlflowClient(summary["tracking_uri"])
+    assert [a.path for a in client.list_artifacts(summary["parent_run_id"])] == ["sweep.png", "sweep.yaml"]
