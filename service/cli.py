@@ -122,6 +122,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
     spec = load_sweep_spec(directory / SPEC_FILE)
     metric, mode = ranking(spec)
     status = sweep_status(directory, metric, mode, spec.trial_count(), list(spec.search))
+    if args.plot:
+        from service.plots import plot_sweep
+
+        plot = plot_sweep(directory, metric, mode, list(spec.search))
+        status["plot"] = str(plot) if plot else None
+        print(f"plot: {plot}" if plot else "plot: no trial has reported an epoch yet", file=sys.stderr)
     if args.address:
         status["job"] = job
     if args.json:
@@ -274,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("name")
     status.add_argument("--root", help="project folder (default $FROST_HOME or ./frost-runs)")
     status.add_argument("--json", action="store_true", help="one JSON object")
+    status.add_argument("--plot", action="store_true", help="(re)draw the sweep's plot, sweep.png, beside it")
     status.add_argument("--address", help="also the state of its Ray Job at this Jobs API (http://HEAD:8265)")
     status.set_defaults(func=_cmd_status)
 

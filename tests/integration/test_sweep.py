@@ -134,7 +134,7 @@ def test_status_reads_the_sweep_back_from_storage(sweep, capsys):
     assert "no sweep named 'nope'" in capsys.readouterr().err
 
 
-def test_the_sweep_is_plotted_beside_it_and_on_its_parent_run(sweep):
+def test_the_sweep_is_plotted_beside_it_and_on_its_parent_run(sweep, capsys):
     summary = json.loads(sweep["stdout"].strip().splitlines()[-1])
     plot = sweep["root"] / "sweeps" / "tiny-asha" / "sweep.png"
     assert summary["plot"] == str(plot)
@@ -142,3 +142,6 @@ def test_the_sweep_is_plotted_beside_it_and_on_its_parent_run(sweep):
     assert f"plot: {plot}" in sweep["stderr"]
     client = MlflowClient(summary["tracking_uri"])
     assert [a.path for a in client.list_artifacts(summary["parent_run_id"])] == ["sweep.png", "sweep.yaml"]
+    plot.unlink()
+    assert main(["status", "tiny-asha", "--root", str(sweep["root"]), "--plot", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["plot"] == str(plot) and plot.exists()
