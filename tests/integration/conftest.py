@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+from helpers import free_port
 
 POSTGRES_ENV = "FROST_TEST_POSTGRES"
 
@@ -36,12 +36,6 @@ def ray_runtime() -> Iterator[None]:
     yield
     if started:
         ray.shutdown()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _with_database(uri: str, name: str, driver: str | None = None) -> str:

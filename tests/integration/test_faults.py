@@ -3,7 +3,6 @@ MLflow server down for a while. The sweep goes on; each trial ends as it should,
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import signal
@@ -12,19 +11,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import frost, newest_epochs, tiny_sweep
 from mlflow.tracking import MlflowClient
-from test_resume import SWEEP, frost, newest_epochs  # tests/integration is on sys.path (rootdir-less tests)
 
 from trainers.train import read_attempts
 
 pytestmark = pytest.mark.integration
-
-
-def sweep(name: str, **changes) -> dict:
-    spec = copy.deepcopy(SWEEP)
-    spec["name"] = name
-    spec.update(changes)
-    return spec
 
 
 @pytest.fixture
@@ -42,10 +34,6 @@ def drivers():
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
             driver.wait(timeout=30)
-
-
-def epochs(trials_dir: Path) -> dict[str, int]:
-    return newest_epochs(trials_dir) if trials_dir.is_dir() else {}
 
 
 def wait_until(condition, driver, timeout: float, what: str):
@@ -79,12 +67,8 @@ def steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
 
 def test_killed_worker_is_retried_from_its_checkpoint_and_a_diverging_trial_fails_alone(tmp_path, drivers):
     # lr 0.02 trains normally and gets its worker killed; lr 1e30 diverges at its first step.
-    spec = sweep(
-        "faults",
-        search={"optim.lr": {"grid": [0.02, 1.0e30]}},
-        max_failures=2,
-        trial={**SWEEP["trial"], "optim": {"warmup_steps": 0, "grad_clip": None}},
-    )
+    spec = tiny_sweep("faults", lrs=[0.02, 1.0e30], epochs=4, failures=2, warmup_steps=0)
+    spec["trial"]["optim"]["grad_clip"] = None
     path = tmp_path / "faults.yaml"
     path.write_text(yaml.safe_dump(spec))
     root = tmp_path / "root"
@@ -92,8 +76,10 @@ def test_killed_worker_is_retried_from_its_checkpoint_and_a_diverging_trial_fail
 
     driver = drivers("run", str(path), "--json", root=root)
     healthy = wait_until(lambda: trial_of_lr(trials_dir, 0.02), driver, 240, "the healthy trial started")
-    wait_until(lambda: epochs(trials_dir).get(healthy.name, 0) >= 1, driver, 240, "its first checkpoint")
-    killed_after = epochs(trials_dir)[healthy.name]
+    wait_until(
+        lambda: newest_epochs(trials_dir).get(healthy.name, 0) >= 1, driver, 240, "its first checkpoint"
+    )
+    killed_after = newest_epochs(trials_dir)[healthy.name]
     worker = read_attempts(healthy)[-1]["pid"]
     os.kill(worker, signal.SIGKILL)  # the Ray worker process running the trial, nothing else
 
@@ -131,20 +117,20 @@ def test_killed_worker_is_retried_from_its_checkpoint_and_a_diverging_trial_fail
 def test_mlflow_server_down_mid_sweep_loses_nothing(tmp_path, mlflow_server, monkeypatch, drivers):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # the tracker's back-off decides, not MLflow's
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
-    spec = sweep("outage", tracking={"uri": mlflow_server.uri, "experiment": "frost-outage-sweep"})
-    spec["trial"]["train"]["epochs"] = 5
+    tracking = {"uri": mlflow_server.uri, "experiment": "frost-outage-sweep"}
+    spec = tiny_sweep("outage", lrs=[0.02, 0.01], epochs=5, tracking=tracking)
     path = tmp_path / "outage.yaml"
     path.write_text(yaml.safe_dump(spec))
     root = tmp_path / "root"
     trials_dir = root / "sweeps" / "outage" / "trials"
 
     driver = drivers("run", str(path), "--json", root=root)
-    wait_until(lambda: len(epochs(trials_dir)) == 2, driver, 240, "both trials checkpointed an epoch")
+    wait_until(lambda: len(newest_epochs(trials_dir)) == 2, driver, 240, "both trials checkpointed an epoch")
     mlflow_server.stop()
-    before = epochs(trials_dir)
+    before = newest_epochs(trials_dir)
     # Down until every trial has trained at least one more epoch: those results arrive while it is down.
     wait_until(
-        lambda: all(epochs(trials_dir)[t] > e for t, e in before.items()),
+        lambda: all(newest_epochs(trials_dir)[t] > e for t, e in before.items()),
         driver,
         240,
         "epochs in outage",

@@ -6,12 +6,10 @@ script with the same state directory: the test ends exactly what it started.
 
 from __future__ import annotations
 
-import copy
 import io
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import free_port, tiny_sweep
 from mlflow.tracking import MlflowClient
 
 from service.cli import main
@@ -29,40 +28,11 @@ from service.tracking import default_tracking_uri
 
 pytestmark = pytest.mark.integration
 
-# tests/integration/test_sweep.py's TINY_SWEEP, made FIFO with two trials below.
-TINY_SWEEP = {
-    "name": "tiny",
-    "trial": {
-        "data": {
-            "synth": {"train_images": 24, "val_images": 8, "image_size": 64, "classes": 4, "max_objects": 3}
-        },
-        "input": {"image_size": 64},
-        "backbone": {"weights": "none"},
-        "optim": {"warmup_steps": 0},
-        "train": {"epochs": 1, "batch_size": 8, "device": "cpu"},
-        "eval": {"rare_max": 4, "common_max": 12},
-    },
-    "search": {"optim.lr": {"grid": [0.05, 0.04]}},
-    "scheduler": {"type": "fifo"},
-    "resources": {"cpus": 1},
-    "max_concurrent_trials": 1,
-    "max_failures": 0,
-}
-
 SCRIPT = Path(__file__).resolve().parents[2] / "deploy" / "local-cluster.sh"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def sweep_spec(name: str, epochs: int) -> dict:
-    spec = copy.deepcopy(TINY_SWEEP)
-    spec["name"] = name
-    spec["trial"]["train"]["epochs"] = epochs
-    return spec
+    return tiny_sweep(name, lrs=[0.05, 0.04], epochs=epochs, concurrent=1, warmup_steps=0)
 
 
 def frost(*argv: str) -> tuple[int, str, str]:

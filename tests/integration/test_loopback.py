@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import signal
@@ -11,7 +10,7 @@ import time
 import psutil
 import pytest
 import yaml
-from test_resume import SWEEP, frost
+from helpers import frost, tiny_sweep
 
 from service.loopback import is_loopback
 from trainers.train import read_attempts
@@ -38,9 +37,7 @@ def listening(pid: int) -> set[tuple[str, str]]:
 
 
 def test_embedded_runtime_listens_on_loopback_only(tmp_path):
-    spec = copy.deepcopy(SWEEP)
-    spec.update(name="loopback", search={"optim.lr": {"grid": [0.02]}})
-    spec["trial"]["train"]["epochs"] = 2
+    spec = tiny_sweep("loopback", lrs=[0.02], epochs=2)
     path = tmp_path / "loopback.yaml"
     path.write_text(yaml.safe_dump(spec))
     root = tmp_path / "root"

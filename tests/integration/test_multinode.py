@@ -20,7 +20,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,38 +29,16 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import free_port, tiny_sweep
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.integration
 
 EPOCHS = 8  # about 1.5 s each here: the kill lands a few epochs into the trial
-SWEEP = {
-    "name": "multinode",
-    "trial": {
-        "data": {
-            "synth": {"train_images": 24, "val_images": 8, "image_size": 64, "classes": 4, "max_objects": 3}
-        },
-        "input": {"image_size": 64},
-        "backbone": {"weights": "none"},
-        "optim": {"warmup_steps": 0},
-        "train": {"epochs": EPOCHS, "batch_size": 8, "device": "cpu"},
-        "eval": {"rare_max": 4, "common_max": 12},
-    },
-    # Two trials, one CPU each, two nodes of one CPU: one trial trains on each node.
-    "search": {"optim.lr": {"grid": [0.05, 0.04]}},
-    "scheduler": {"type": "fifo"},
-    "resources": {"cpus": 1},
-    "max_concurrent_trials": 2,
-    "max_failures": 2,
-}
+# Two trials, one CPU each, two nodes of one CPU: one trial trains on each node.
+SWEEP = tiny_sweep("multinode", lrs=[0.05, 0.04], epochs=EPOCHS, failures=2, warmup_steps=0)
 
 SCRIPT = Path(__file__).resolve().parents[2] / "deploy" / "local-cluster.sh"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # ---------------------------------------------------------------------------------------------- processes

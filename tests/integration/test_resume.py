@@ -5,56 +5,19 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
+from helpers import frost, newest_epochs, tiny_asha_sweep, tiny_sweep
 from mlflow.tracking import MlflowClient
 
 from trainers.train import read_attempts
 
 pytestmark = pytest.mark.integration
 
-SWEEP = {
-    "name": "killed",
-    "trial": {
-        "data": {
-            "synth": {"train_images": 24, "val_images": 8, "image_size": 64, "classes": 4, "max_objects": 3}
-        },
-        "input": {"image_size": 64},
-        "backbone": {"weights": "none"},
-        "train": {"epochs": 4, "batch_size": 8, "device": "cpu"},
-        "eval": {"rare_max": 4, "common_max": 12},
-    },
-    "search": {"optim.lr": {"grid": [0.02, 0.01]}},
-    "scheduler": {"type": "fifo"},
-    "resources": {"cpus": 1},
-    "max_concurrent_trials": 2,
-    "max_failures": 0,
-}
-
-
-def frost(*args, root, **kwargs):
-    env = {**kwargs.pop("env", os.environ), "FROST_HOME": str(root)}
-    return subprocess.Popen(
-        [sys.executable, "-m", "service.cli", *args, "--root", str(root)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        **kwargs,
-    )
-
-
-def newest_epochs(trials_dir):
-    return {
-        trial.name: max(int(p.name.split("-")[1]) for p in (trial / "checkpoints").glob("epoch-[0-9]*[0-9]"))
-        for trial in trials_dir.iterdir()
-        if list((trial / "checkpoints").glob("epoch-[0-9]*[0-9]"))
-    }
+SWEEP = tiny_sweep("killed", lrs=[0.02, 0.01], epochs=4)
 
 
 def started_trials(trials_dir):
@@ -137,18 +100,7 @@ def test_sigkill_then_resume_keeps_one_run_per_trial_and_reruns_at_most_one_epoc
         assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2, 3, 4]
 
 
-ASHA_SWEEP = {
-    **SWEEP,
-    "name": "asha-killed",
-    "trial": {
-        **SWEEP["trial"],
-        "optim": {"warmup_steps": 0},
-        "train": {**SWEEP["trial"]["train"], "epochs": 3},
-    },
-    "search": {"optim.lr": {"grid": [0.05, 0.04, 1.0e-9, 2.0e-9]}},
-    "scheduler": {"type": "asha", "metric": "loss", "mode": "min", "grace_period": 1, "reduction_factor": 2},
-    "max_concurrent_trials": 1,
-}
+ASHA_SWEEP = tiny_asha_sweep("asha-killed")
 
 
 def epochs_by_lr(summary):

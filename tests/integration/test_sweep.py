@@ -6,32 +6,14 @@ import json
 
 import pytest
 import yaml
+from helpers import tiny_asha_sweep
 from mlflow.tracking import MlflowClient
 
 from service.cli import main
 
 pytestmark = pytest.mark.integration
 
-# Four tiny trials, one at a time so ASHA's decisions are reproducible: the two with a vanishing learning rate
-# keep the loss of an untrained model, so ASHA (on loss, grace 1) must stop them at the first rung.
-TINY_SWEEP = {
-    "name": "tiny-asha",
-    "trial": {
-        "data": {
-            "synth": {"train_images": 24, "val_images": 8, "image_size": 64, "classes": 4, "max_objects": 3}
-        },
-        "input": {"image_size": 64},
-        "backbone": {"weights": "none"},
-        "optim": {"warmup_steps": 0},
-        "train": {"epochs": 3, "batch_size": 8, "device": "cpu"},
-        "eval": {"rare_max": 4, "common_max": 12},
-    },
-    "search": {"optim.lr": {"grid": [0.05, 0.04, 1.0e-9, 2.0e-9]}},
-    "scheduler": {"type": "asha", "metric": "loss", "mode": "min", "grace_period": 1, "reduction_factor": 2},
-    "resources": {"cpus": 1},
-    "max_concurrent_trials": 1,
-    "max_failures": 0,
-}
+TINY_SWEEP = tiny_asha_sweep("tiny-asha")
 
 
 @pytest.fixture(scope="module")
