@@ -78,6 +78,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     summary = run_sweep(spec, root=args.root, address=args.address, json_output=args.json, force=args.force)
     if args.json:
         print(json.dumps(summary))
+    return _sweep_exit_code(summary)
+
+
+def _sweep_exit_code(summary: dict) -> int:
+    """0 all trials ended well, 1 a trial errored, 130 the sweep was stopped before its end (resume it)."""
+    if summary.get("interrupted"):
+        return 130
     return 0 if summary.get("ok", True) else 1
 
 
@@ -91,7 +98,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     summary = run_sweep(spec, root=root, address=args.address, json_output=args.json)
     if args.json:
         print(json.dumps(summary))
-    return 0 if summary.get("ok", True) else 1
+    return _sweep_exit_code(summary)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:

@@ -375,11 +375,15 @@ def summarize(
             else []
         )
         best = (max(values) if mode == "max" else min(values)) if values else None
+        fate = runs.get(trial_id, {}).get("fate")
+        # After a stop (SIGINT, SIGTERM, `frost stop`) Ray Tune lists a trial it cut off as terminated; the
+        # tracker's fate says it was interrupted.
+        state = "ERROR" if result.error else ("INTERRUPTED" if fate == "interrupted" else "TERMINATED")
         trials.append(
             {
                 "trial_id": trial_id,
-                "state": "ERROR" if result.error else "TERMINATED",
-                "fate": runs.get(trial_id, {}).get("fate"),
+                "state": state,
+                "fate": fate,
                 "epochs": int(result.metrics.get("epoch", 0)) if result.metrics else 0,
                 "mlflow_run_id": runs.get(trial_id, {}).get("run_id"),
                 metric: best,
@@ -396,6 +400,8 @@ def summarize(
         "best": best_trial(trials, metric, mode),
         "trials": trials,
         "ok": not any(t["state"] == "ERROR" for t in trials),
+        # Trials cut off, or never started (Ray Tune leaves pending trials out of its results after a stop).
+        "interrupted": any(t["state"] == "INTERRUPTED" for t in trials) or len(trials) < spec.trial_count(),
     }
 
 
@@ -420,6 +426,8 @@ def print_summary(summary: dict[str, Any], tracking_uri: str, root: Path) -> Non
         log(
             f"  {trial['trial_id']}  {trial['state']:<10} epochs {trial['epochs']:>3}  {metric} {shown}  {trial['config']}"
         )
+    if summary.get("interrupted"):
+        log(f"interrupted: trials not finished are kept; continue with `frost resume {summary['name']}`")
     if summary.get("plot"):
         log(f"plot: {summary['plot']}")
     if summary["best"]:

@@ -139,6 +139,8 @@ def test_stop_stops_a_running_sweep(head, tmp_path):
     # The stop was graceful: the driver marked the sweep's runs interrupted, none is left RUNNING.
     code, logs, _ = frost("logs", "jobs-long", "--address", head)
     assert "SIGTERM: stopping the sweep" in logs, logs[-3000:]
+    summary = json.loads(logs.strip().splitlines()[-1])  # the driver still prints its summary, saying so
+    assert summary["interrupted"] is True and "INTERRUPTED" in {t["state"] for t in summary["trials"]}
     client = MlflowClient(default_tracking_uri(tmp_path / "root"))
     runs = client.search_runs([client.get_experiment_by_name("jobs-long").experiment_id])
     assert runs and {r.info.status for r in runs} == {"KILLED"}, [
