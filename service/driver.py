@@ -8,10 +8,12 @@ newest epoch checkpoint, not from the (lagging) experiment-state snapshot.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import json
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -246,6 +248,42 @@ def run_sweep(
     root = project_root(root)
     directory = sweep_dir(spec, root)
     directory.mkdir(parents=True, exist_ok=True)
+    with sweep_lock(directory):
+        return _run_sweep(spec, root, directory, address, force)
+
+
+@contextlib.contextmanager
+def sweep_lock(directory: Path) -> Iterator[None]:
+    """One driver per sweep: running or resuming a sweep that a live driver runs is refused (two drivers would
+    fight over its trials, runs and rungs). An OS lock beside the sweep: a driver that dies, even by SIGKILL,
+    releases it."""
+    path = directory.parent / f".{directory.name}.lock"
+    handle = path.open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another driver"
+        handle.close()
+        raise FrostError(
+            f"sweep '{directory.name}' is being run by {holder}; wait for it, or stop it first "
+            f"(frost stop {directory.name} for a Ray Job, else that driver)"
+        ) from None
+    try:
+        handle.truncate(0)
+        handle.write(
+            f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+        )
+        handle.flush()
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def _run_sweep(
+    spec: SweepSpec, root: Path, directory: Path, address: str | None, force: bool
+) -> dict[str, Any]:
     check_same_spec(spec, directory, force)
     metric, mode = ranking(spec)
     status = sweep_status(directory, metric, mode, spec.trial_count(), list(spec.search))

@@ -174,3 +174,29 @@ def test_asha_decisions_survive_a_kill(asha_spec, uninterrupted, tmp_path, kill_
     for trial in summary["trials"]:
         steps = [m.step for m in client.get_metric_history(trial["mlflow_run_id"], "loss")]
         assert steps == list(range(1, trial["epochs"] + 1)), trial
+
+
+def test_a_sweep_has_one_driver_at_a_time_and_a_killed_one_lets_go(tmp_path):
+    from service.driver import sweep_lock
+
+    spec = tmp_path / "locked.yaml"
+    spec.write_text(yaml.safe_dump(tiny_sweep("locked", lrs=[0.02], epochs=20)))
+    root = tmp_path / "root"
+    trials_dir = root / "sweeps" / "locked" / "trials"
+    driver = frost("run", str(spec), root=root, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not started_trials(trials_dir):
+            assert driver.poll() is None, driver.stderr.read()[-3000:]
+            assert time.monotonic() < deadline, "the trial never started"
+            time.sleep(0.1)
+        second = frost("resume", "locked", root=root)
+        _, err = second.communicate(timeout=120)
+        assert second.returncode == 2, err[-3000:]
+        assert f"sweep 'locked' is being run by pid {driver.pid} on " in err and "Traceback" not in err
+        assert driver.poll() is None  # the first driver goes on
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+    with sweep_lock(root / "sweeps" / "locked"):  # SIGKILL released it: the next driver may take over
+        pass
