@@ -102,7 +102,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from service.driver import project_root
+    from service.driver import best_trial, project_root
     from service.status import SPEC_FILE, find_sweep, sweep_status
     from sweeps.space import ranking
     from sweeps.spec import load_sweep_spec
@@ -129,6 +129,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     spec = load_sweep_spec(directory / SPEC_FILE)
     metric, mode = ranking(spec)
     status = sweep_status(directory, metric, mode, spec.trial_count(), list(spec.search))
+    status["best"] = best_trial(status["trials"], metric, mode)
     if args.plot:
         from service.plots import plot_sweep
 
@@ -149,8 +150,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
         value = trial[metric]
         shown = f"{value:.4f}" if isinstance(value, float) else "-"
         print(
-            f"  {trial['trial_id']}  {trial['state']:<11} {trial['fate'] or '':<11} epochs {trial['epochs']:>3}  {metric} {shown}"
+            f"  {trial['trial_id']}  {trial['state']:<11} {trial['fate'] or '':<11} epochs {trial['epochs']:>3}  "
+            f"{metric} {shown}  {trial['config']}"
         )
+    if status["best"]:
+        best = status["best"]
+        print(f"best so far: {best['trial_id']} {metric}={best[metric]:.4f} {best['config']}")
     return 0
 
 

@@ -107,6 +107,7 @@ def test_status_reads_the_sweep_back_from_storage(sweep, capsys):
     assert status["name"] == "tiny-asha" and status["state"] == "COMPLETE"
     got = {t["trial_id"]: (t["state"], t["epochs"], t["mlflow_run_id"]) for t in status["trials"]}
     assert got == {t["trial_id"]: (t["state"], t["epochs"], t["mlflow_run_id"]) for t in summary["trials"]}
+    assert status["best"]["trial_id"] == summary["best"]["trial_id"]  # the best so far
     best = {t["trial_id"]: t["loss"] for t in status["trials"]}
     for trial in summary["trials"]:
         assert best[trial["trial_id"]] == pytest.approx(trial["loss"])
