@@ -75,7 +75,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from sweeps.spec import load_sweep_spec
 
     spec = load_sweep_spec(args.spec, args.set)
-    summary = run_sweep(spec, root=args.root, address=args.address, json_output=args.json, force=args.force)
+    summary = run_sweep(spec, root=args.root, address=args.address, force=args.force)
     if args.json:
         print(json.dumps(summary))
     return _sweep_exit_code(summary)
@@ -95,7 +95,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
     root = project_root(args.root)
     spec = load_sweep_spec(find_sweep(args.name, root) / SPEC_FILE)
-    summary = run_sweep(spec, root=root, address=args.address, json_output=args.json)
+    summary = run_sweep(spec, root=root, address=args.address)
     if args.json:
         print(json.dumps(summary))
     return _sweep_exit_code(summary)

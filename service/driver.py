@@ -241,7 +241,6 @@ def run_sweep(
     spec: SweepSpec,
     root: str | Path | None = None,
     address: str | None = None,
-    json_output: bool = False,
     force: bool = False,
 ) -> dict[str, Any]:
     """Run (or resume) a sweep to the end; returns the summary `frost run --json` prints."""

@@ -7,11 +7,17 @@ from __future__ import annotations
 
 import copy
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import pytest
+from mlflow.tracking import MlflowClient
 
 # A trial of about a second an epoch on 2 CPU cores: 64 px synthetic images, 24 train / 8 val, 4 classes,
 # random initialisation (no pretraining needed).
@@ -94,3 +100,51 @@ def newest_epochs(trials_dir: Path) -> dict[str, int]:
         for trial in trials_dir.iterdir()
         if list((trial / "checkpoints").glob("epoch-[0-9]*[0-9]"))
     }
+
+
+def started_trials(trials_dir: Path) -> set[str]:
+    """Trials that began training (their attempt is recorded), by directory name."""
+    from trainers.train import read_attempts
+
+    return {t.name for t in trials_dir.iterdir() if read_attempts(t)} if trials_dir.is_dir() else set()
+
+
+def wait_until(condition: Callable[[], Any], driver: subprocess.Popen, timeout: float, what: str) -> Any:
+    """Poll `condition` until it is truthy (returned) while `driver` runs; fail if it dies or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        assert driver.poll() is None, driver.stderr.read()[-3000:]
+        time.sleep(0.05)
+    pytest.fail(f"{what}: not within {timeout:.0f} s")
+
+
+def sigkill(driver: subprocess.Popen) -> None:
+    """SIGKILL a driver started with start_new_session=True, with its whole process group: a lost machine."""
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait(timeout=30)
+
+
+def tracked_once(summary: dict[str, Any], experiment: str) -> dict[str, Any]:
+    """Assert MLflow holds the sweep's parent and exactly one run per trial of `summary`, none RUNNING, and
+    every epoch a trial ran exactly once (AP and loss steps 1..epochs, no gap, no duplicate).
+
+    Returns the trials' runs by trial id, for the caller's own checks."""
+    client = MlflowClient(summary["tracking_uri"])
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert [r.info.run_id for r in runs if "mlflow.parentRunId" not in r.data.tags] == [
+        summary["parent_run_id"]
+    ]
+    children = {
+        r.info.run_id: r for r in runs if r.data.tags.get("mlflow.parentRunId") == summary["parent_run_id"]
+    }
+    assert len(runs) == 1 + len(summary["trials"])
+    assert set(children) == {t["mlflow_run_id"] for t in summary["trials"]}
+    assert all(r.info.status != "RUNNING" for r in runs), [(r.info.run_name, r.info.status) for r in runs]
+    for trial in summary["trials"]:
+        for key in ("AP", "loss"):
+            steps = [m.step for m in client.get_metric_history(trial["mlflow_run_id"], key)]
+            assert steps == list(range(1, trial["epochs"] + 1)), (trial["trial_id"], key, steps)
+    return {t["trial_id"]: children[t["mlflow_run_id"]] for t in summary["trials"]}

@@ -3,26 +3,27 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import time
 from pathlib import Path
 
 import pytest
 import yaml
-from helpers import frost, newest_epochs, tiny_asha_sweep, tiny_sweep
-from mlflow.tracking import MlflowClient
+from helpers import (
+    frost,
+    newest_epochs,
+    sigkill,
+    started_trials,
+    tiny_asha_sweep,
+    tiny_sweep,
+    tracked_once,
+    wait_until,
+)
 
 from trainers.train import read_attempts
 
 pytestmark = pytest.mark.integration
 
 SWEEP = tiny_sweep("killed", lrs=[0.02, 0.01], epochs=4)
-
-
-def started_trials(trials_dir):
-    """Trials that began training (their attempt is recorded), by directory name."""
-    return {t.name for t in trials_dir.iterdir() if read_attempts(t)} if trials_dir.is_dir() else set()
 
 
 def wait_for_workers_gone(trials_dir, timeout=60):
@@ -54,16 +55,8 @@ def test_sigkill_then_resume_keeps_one_run_per_trial_and_reruns_at_most_one_epoc
     # The driver runs in its own session: SIGKILL to that group takes the driver down like a lost machine
     # (Ray's local processes share its fate), and touches nothing this test did not start.
     driver = frost("run", str(spec), root=root, start_new_session=True)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        if trials_dir.is_dir() and kill_when(trials_dir):
-            break
-        assert driver.poll() is None, driver.stderr.read()[-3000:]
-        time.sleep(0.05)
-    else:
-        pytest.fail(f"the sweep never reached the kill point {kill_when.__name__}")
-    os.killpg(driver.pid, signal.SIGKILL)
-    driver.wait(timeout=30)
+    wait_until(lambda: kill_when(trials_dir), driver, 240, f"kill point {kill_when.__name__}")
+    sigkill(driver)
     wait_for_workers_gone(trials_dir)  # a trial's worker may checkpoint the epoch it was in before it notices
     at_kill = newest_epochs(trials_dir)
     assert all(epoch < 4 for epoch in at_kill.values())  # killed mid-sweep
@@ -76,28 +69,14 @@ def test_sigkill_then_resume_keeps_one_run_per_trial_and_reruns_at_most_one_epoc
 
     # Every trial finished; each resumed from its own newest checkpoint (only the in-flight epoch ran twice).
     assert sorted(t["epochs"] for t in summary["trials"]) == [4, 4]
+    # Each started trial resumed right after its newest checkpoint at the kill: only the epoch in flight re-ran.
     for trial_id in started:
         first, again = read_attempts(trials_dir / trial_id)
         assert again["resumed_after_epoch"] == at_kill.get(trial_id, 0), (trial_id, first, again, at_kill)
-    rerun = {
-        t: at_kill.get(t, 0) + 1 - read_attempts(trials_dir / t)[1]["resumed_after_epoch"] for t in started
-    }
-    print(f"kill {kill_when.__name__}: epochs re-run per interrupted trial {sorted(rerun.values())}")
-    assert all(n <= 1 for n in rerun.values())
-
-    tracking = json.loads((root / "sweeps" / "killed" / "tracking.json").read_text())
-    client = MlflowClient(tracking["tracking_uri"])
 
     # MLflow: one parent, exactly one run per trial, none RUNNING, every epoch once.
-    experiment = client.get_experiment_by_name("killed")
-    runs = client.search_runs([experiment.experiment_id])
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == summary["parent_run_id"]]
-    assert len(runs) == 3 and len(children) == 2
-    assert {r.info.run_id for r in children} == {t["mlflow_run_id"] for t in summary["trials"]}
-    assert all(r.info.status == "FINISHED" for r in runs)
-    for run in children:
-        assert [m.step for m in client.get_metric_history(run.info.run_id, "AP")] == [1, 2, 3, 4]
-        assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2, 3, 4]
+    runs = tracked_once(summary, "killed")
+    assert all(run.info.status == "FINISHED" for run in runs.values())
 
 
 ASHA_SWEEP = tiny_asha_sweep("asha-killed")
@@ -150,16 +129,8 @@ def test_asha_decisions_survive_a_kill(asha_spec, uninterrupted, tmp_path, kill_
     root = tmp_path / "killed"
     driver = frost("run", str(asha_spec), root=root, start_new_session=True)
     trials_dir = root / "sweeps" / "asha-killed" / "trials"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if trials_dir.is_dir() and kill_when(trials_dir, uninterrupted):
-            break
-        assert driver.poll() is None, driver.stderr.read()[-3000:]
-        time.sleep(0.05)
-    else:
-        pytest.fail(f"the sweep never reached the kill point {kill_when.__name__}")
-    os.killpg(driver.pid, signal.SIGKILL)
-    driver.wait(timeout=30)
+    wait_until(lambda: kill_when(trials_dir, uninterrupted), driver, 300, f"kill point {kill_when.__name__}")
+    sigkill(driver)
 
     resumed = frost("resume", "asha-killed", "--json", root=root)
     out, err = resumed.communicate(timeout=600)
@@ -168,12 +139,8 @@ def test_asha_decisions_survive_a_kill(asha_spec, uninterrupted, tmp_path, kill_
     assert epochs_by_lr(summary) == uninterrupted
 
     # MLflow: one run per trial, none RUNNING; a trial ASHA stopped has exactly the epochs it ran.
-    client = MlflowClient(summary["tracking_uri"])
-    runs = client.search_runs([client.get_experiment_by_name("asha-killed").experiment_id])
-    assert len(runs) == 5 and all(r.info.status == "FINISHED" for r in runs)
-    for trial in summary["trials"]:
-        steps = [m.step for m in client.get_metric_history(trial["mlflow_run_id"], "loss")]
-        assert steps == list(range(1, trial["epochs"] + 1)), trial
+    runs = tracked_once(summary, "asha-killed")
+    assert all(run.info.status == "FINISHED" for run in runs.values())
 
 
 def test_a_sweep_has_one_driver_at_a_time_and_a_killed_one_lets_go(tmp_path):
@@ -185,18 +152,13 @@ def test_a_sweep_has_one_driver_at_a_time_and_a_killed_one_lets_go(tmp_path):
     trials_dir = root / "sweeps" / "locked" / "trials"
     driver = frost("run", str(spec), root=root, start_new_session=True)
     try:
-        deadline = time.monotonic() + 240
-        while not started_trials(trials_dir):
-            assert driver.poll() is None, driver.stderr.read()[-3000:]
-            assert time.monotonic() < deadline, "the trial never started"
-            time.sleep(0.1)
+        wait_until(lambda: started_trials(trials_dir), driver, 240, "the trial started")
         second = frost("resume", "locked", root=root)
         _, err = second.communicate(timeout=120)
         assert second.returncode == 2, err[-3000:]
         assert f"sweep 'locked' is being run by pid {driver.pid} on " in err and "Traceback" not in err
         assert driver.poll() is None  # the first driver goes on
     finally:
-        os.killpg(driver.pid, signal.SIGKILL)
-        driver.wait(timeout=30)
+        sigkill(driver)
     with sweep_lock(root / "sweeps" / "locked"):  # SIGKILL released it: the next driver may take over
         pass
