@@ -12,7 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from service.status import searched_values, trial_history
+from service.results import best_value, is_number
+from service.status import Unreadable, searched_values, trial_dirs, trial_history
 
 PLOT_FILE = "sweep.png"
 FREEZE_COLOURS = {"frozen": "#1f77b4", "finetune": "#ff7f0e", "partial": "#2ca02c"}
@@ -34,9 +35,12 @@ def _label(config: dict[str, Any]) -> str:
 def plot_sweep(directory: Path, metric: str, mode: str, searched: list[str]) -> Path | None:
     """Write `<directory>/sweep.png`; None when no trial has reported an epoch yet."""
     trials = []
-    for trial_dir in sorted(p for p in (directory / "trials").glob("*") if p.is_dir()):
-        history = trial_history(trial_dir)
-        evaluated = [h for h in history if isinstance(h.get(metric), (int, float))]
+    for trial_dir in trial_dirs(directory):
+        try:
+            history = trial_history(trial_dir)
+        except Unreadable:
+            continue
+        evaluated = [h for h in history if is_number(h.get(metric))]
         if not evaluated:
             continue
         values = [h[metric] for h in evaluated]
@@ -47,7 +51,7 @@ def plot_sweep(directory: Path, metric: str, mode: str, searched: list[str]) -> 
                 "label": _label(searched_values(trial_dir, searched)),
                 "epochs": [h["epoch"] for h in evaluated],
                 "values": values,
-                "best": max(values) if mode == "max" else min(values),
+                "best": best_value(values, mode),
                 "last": evaluated[-1],
             }
         )

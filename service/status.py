@@ -1,62 +1,51 @@
-"""What is known of sweeps from their storage alone (no Ray needed): `frost status` and `frost ls`.
+"""What is known of a sweep from its storage alone (no Ray, no MLflow): `frost status`, `frost ls`, the plots.
 
-A sweep's directory holds its spec (`frost-sweep.yaml`), the trial → MLflow run map with each trial's fate
-(`tracking.json`, written by the driver) and one directory per trial with its epoch checkpoints.
+A sweep's directory holds its spec (`frost-sweep.yaml`), the trial -> MLflow run map with each trial's fate
+(`tracking.json`, written by the driver) and one directory per trial with its epoch checkpoints; the trainer
+keeps each trial's per-epoch history in its newest checkpoint (`history.json`, readable without torch).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from trainers.errors import FrostError
+from service.project import SPEC_FILE
+from service.results import FATE_STATE, SweepSummary, TrialRow, best_value, is_number
+from sweeps.spec import SweepSpec, load_sweep_spec
+from trainers.files import read_json_or
 
-SPEC_FILE = "frost-sweep.yaml"
-# A trial's fate (as the tracker records it) → the state the summaries report.
-_STATE = {"completed": "TERMINATED", "stopped": "TERMINATED", "error": "ERROR", "interrupted": "INTERRUPTED"}
-
-
-def sweeps_dir(root: Path) -> Path:
-    return root / "sweeps"
+TRACKING_FILE = "tracking.json"
 
 
-def list_sweeps(root: Path) -> list[str]:
-    base = sweeps_dir(root)
-    return sorted(p.parent.name for p in base.glob(f"*/{SPEC_FILE}")) if base.is_dir() else []
+class Unreadable(Exception):
+    """A trial file that exists but cannot be parsed (torn write, planted garbage)."""
 
 
-def find_sweep(name: str, root: Path) -> Path:
-    directory = sweeps_dir(root) / name
-    if not (directory / SPEC_FILE).is_file():
-        known = ", ".join(list_sweeps(root)) or "none"
-        raise FrostError(f"no sweep named '{name}' under {sweeps_dir(root)} (known: {known})")
-    return directory
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
+def trial_dirs(directory: Path) -> list[Path]:
+    trials = directory / "trials"
+    return sorted(p for p in trials.glob("*") if p.is_dir()) if trials.is_dir() else []
 
 
 def trial_history(trial_dir: Path) -> list[dict[str, Any]]:
-    """Per-epoch metrics of a trial from its newest checkpoint (the trainer keeps the history there)."""
+    """Per-epoch metrics of a trial from its newest complete checkpoint; [] before its first epoch.
+    Raises Unreadable when that checkpoint's history is not a JSON list of records."""
     checkpoints = sorted((trial_dir / "checkpoints").glob("epoch-[0-9]*[0-9]/history.json"))
     if not checkpoints:
         return []
-    history = json.loads(checkpoints[-1].read_text())
-    return history if isinstance(history, list) else []
+    history = read_json_or(checkpoints[-1], None)
+    if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
+        raise Unreadable(f"{checkpoints[-1]}: not a JSON list of epoch records")
+    return history
 
 
 def searched_values(trial_dir: Path, searched: list[str]) -> dict[str, Any]:
     """The searched fields' values of a trial, read from the spec its trainer saved."""
     try:
         spec = yaml.safe_load((trial_dir / "trial.yaml").read_text()) or {}
-    except (OSError, yaml.YAMLError):
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return {}
     values = {}
     for path in searched:
@@ -67,43 +56,51 @@ def searched_values(trial_dir: Path, searched: list[str]) -> dict[str, Any]:
     return values
 
 
-def sweep_status(
-    directory: Path, metric: str, mode: str, expected_trials: int | None, searched: list[str] | None = None
-) -> dict[str, Any]:
-    """Summary of a sweep from its directory: the keys of `frost run --json`, plus the sweep's `state`."""
-    tracking = _read_json(directory / "tracking.json")
-    runs = tracking.get("trials", {})
-    trial_ids = sorted(set(runs) | {p.name for p in (directory / "trials").glob("*") if p.is_dir()})
-    trials = []
-    for trial_id in trial_ids:
-        info = runs.get(trial_id, {})
-        history = trial_history(directory / "trials" / trial_id)
-        values = [
-            h[metric] for h in history if isinstance(h.get(metric), (int, float)) and h[metric] == h[metric]
-        ]
-        best = (max(values) if mode == "max" else min(values)) if values else None
-        trials.append(
-            {
-                "trial_id": trial_id,
-                "state": _STATE.get(
-                    info.get("fate"), "RUNNING" if info.get("status") == "RUNNING" else "PENDING"
-                ),
-                "fate": info.get("fate"),
-                "epochs": max((int(h.get("epoch", 0)) for h in history), default=0),
-                "mlflow_run_id": info.get("run_id"),
-                metric: best,
-                "config": searched_values(directory / "trials" / trial_id, searched or []),
-            }
-        )
-    finished = all(t["state"] in ("TERMINATED", "ERROR") for t in trials)
-    complete = bool(trials) and finished and (expected_trials is None or len(trials) >= expected_trials)
-    return {
-        "name": directory.name,
-        "state": "COMPLETE"
-        if complete
-        else ("RUNNING" if tracking.get("parent_status") == "RUNNING" else "INCOMPLETE"),
-        "tracking_uri": tracking.get("tracking_uri"),
-        "parent_run_id": tracking.get("parent_run_id"),
-        "metric": metric,
-        "trials": trials,
-    }
+def _row(trial_id: str, run: dict[str, Any], trial_dir: Path, spec: SweepSpec) -> TrialRow:
+    metric, mode = spec.scheduler.metric, spec.scheduler.mode
+    state = FATE_STATE.get(run.get("fate") or "", "RUNNING" if run.get("status") == "RUNNING" else "PENDING")
+    row = TrialRow(
+        trial_id=trial_id,
+        state=state,
+        fate=run.get("fate"),
+        mlflow_run_id=run.get("run_id"),
+        config=searched_values(trial_dir, list(spec.search)),
+    )
+    try:
+        history = trial_history(trial_dir)
+    except Unreadable as exc:
+        row.state, row.error = "UNREADABLE", str(exc)
+        return row
+    row.best = best_value((h.get(metric) for h in history), mode)
+    row.epochs = max((int(h["epoch"]) for h in history if is_number(h.get("epoch"))), default=0)
+    return row
+
+
+def sweep_status(directory: Path, spec: SweepSpec | None = None) -> SweepSummary:
+    """The sweep as its storage tells it: every trial it knows, its state and best metric."""
+    spec = spec or load_sweep_spec(directory / SPEC_FILE)
+    tracking = read_json_or(directory / TRACKING_FILE, {})
+    tracking = tracking if isinstance(tracking, dict) else {}
+    runs = tracking.get("trials") if isinstance(tracking.get("trials"), dict) else {}
+    assert isinstance(runs, dict)
+    trial_ids = sorted(set(runs) | {p.name for p in trial_dirs(directory)})
+    trials = [
+        _row(tid, runs[tid] if isinstance(runs.get(tid), dict) else {}, directory / "trials" / tid, spec)
+        for tid in trial_ids
+    ]
+    summary = SweepSummary(
+        name=directory.name,
+        metric=spec.scheduler.metric,
+        mode=spec.scheduler.mode,
+        trials=trials,
+        expected_trials=spec.trial_count(),
+        tracking_uri=tracking.get("tracking_uri"),
+        experiment=spec.experiment_name,
+        parent_run_id=tracking.get("parent_run_id"),
+    )
+    summary.state = (
+        "COMPLETE"
+        if summary.complete
+        else ("RUNNING" if tracking.get("parent_status") == "RUNNING" else "INCOMPLETE")
+    )
+    return summary

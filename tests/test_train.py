@@ -6,6 +6,7 @@ import torch
 from service.cli import main
 from trainers.config import load_trial_spec
 from trainers.errors import FrostError, TrainingError
+from trainers.reporting import ReplayingReporter
 from trainers.train import CHECKPOINT_FILE, checkpoint_dirs, lr_factor, read_attempts, run_trial
 
 CONTRACT_KEYS = {
@@ -58,6 +59,9 @@ class StopAfter:
     def report(self, epoch, metrics, checkpoint_dir):
         if epoch == self.epoch:
             raise Interrupt
+
+    def resume(self, history, checkpoint_dir):
+        pass
 
 
 def test_interrupted_then_resumed_run_ends_like_an_uninterrupted_one(tmp_path, tiny_trial):
@@ -140,8 +144,9 @@ def test_lr_schedule_warms_up_then_decays(tiny_trial):
     assert lr_factor(step, 49, 100) == 1.0 and lr_factor(step, 50, 100) == pytest.approx(0.1)
 
 
-class Recorder:
-    def __init__(self):
+class Recorder(ReplayingReporter):
+    def __init__(self, reported_up_to):
+        super().__init__(reported_up_to)
         self.calls = []
 
     def report(self, epoch, metrics, checkpoint_dir):
@@ -152,11 +157,11 @@ def test_resume_reports_again_the_epochs_the_listener_never_received(tmp_path, t
     spec = tiny_trial.model_copy(update={"train": tiny_trial.train.model_copy(update={"epochs": 3})})
     with pytest.raises(Interrupt):  # epoch 2 is checkpointed, but its report never arrives
         run_trial(spec, tmp_path / "t", reporter=StopAfter(2))
-    recorder = Recorder()
-    run_trial(spec, tmp_path / "t", reporter=recorder, reported_up_to=1)
+    recorder = Recorder(reported_up_to=1)
+    run_trial(spec, tmp_path / "t", reporter=recorder)
     assert recorder.calls == [(2, 2, True), (3, 3, True)]
-    recorder = Recorder()
-    run_trial(spec, tmp_path / "t", reporter=recorder, reported_up_to=0)  # finished: replays, trains nothing
+    recorder = Recorder(reported_up_to=0)
+    run_trial(spec, tmp_path / "t", reporter=recorder)  # finished: replays, trains nothing
     assert recorder.calls == [(1, 1, False), (2, 2, False), (3, 3, True)]
 
 

@@ -1,14 +1,16 @@
 """The seam between the training loop and whoever listens (JSON lines standalone, Ray Tune in a sweep).
 
 The loop calls `reporter.report(epoch, metrics, checkpoint_dir)` once per epoch, after the epoch's
-checkpoint is on disk. It knows nothing else of its listener.
+checkpoint is on disk, and `reporter.resume(history, checkpoint_dir)` once when a trial restarts from a
+checkpoint. It knows nothing else of its listener: what a listener does on resume (rewrite its file, replay
+epochs it never received) is the listener's policy, as detectron2's hooks keep policy out of its loop.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 # Metric names every epoch's report carries (evaluation keys are present on evaluated epochs; the
 # loop evaluates the last epoch always). Sweeps validate their scheduler metric against this list.
@@ -28,8 +30,29 @@ REPORTED_METRICS = TRAIN_METRICS + EVAL_METRICS
 
 
 class Reporter(Protocol):
-    def report(self, epoch: int, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
-        """`checkpoint_dir` is None only when an epoch is reported again after a resume (see run_trial)."""
+    def report(self, epoch: int, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        """`checkpoint_dir` is None only when an epoch is reported again after a resume."""
+
+    def resume(self, history: list[dict[str, Any]], checkpoint_dir: Path) -> None:
+        """The trial restarts after `history[-1]["epoch"]`, from `checkpoint_dir`; `history` is every epoch's
+        metrics so far, as the checkpoint holds them."""
+
+
+class ReplayingReporter:
+    """A listener that may have missed epochs (its process died between a checkpoint and the report):
+    on resume it is sent again every epoch after `reported_up_to`, the newest with its checkpoint. It must
+    drop what it already has (Ray Tune does, by epoch)."""
+
+    def __init__(self, reported_up_to: int = 0) -> None:
+        self.reported_up_to = reported_up_to
+
+    def report(self, epoch: int, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        raise NotImplementedError
+
+    def resume(self, history: list[dict[str, Any]], checkpoint_dir: Path) -> None:
+        replay = [record for record in history if record["epoch"] > self.reported_up_to]
+        for record in replay:
+            self.report(record["epoch"], record, checkpoint_dir if record is replay[-1] else None)
 
 
 class JsonLinesReporter:
@@ -38,7 +61,11 @@ class JsonLinesReporter:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def report(self, epoch: int, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+    def report(self, epoch: int, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
         record = {"epoch": epoch, **metrics, "checkpoint": str(checkpoint_dir) if checkpoint_dir else None}
         with self.path.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
+
+    def resume(self, history: list[dict[str, Any]], checkpoint_dir: Path) -> None:
+        # The file equals the checkpoint's history again: no epoch listed twice after a resume.
+        self.path.write_text("".join(json.dumps(record) + "\n" for record in history))

@@ -273,13 +273,11 @@ def run_trial(
     out_dir: Path,
     reporter: Reporter | None = None,
     resume_from: Path | None = None,
-    reported_up_to: int | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate one trial; returns the final epoch's metrics (plus `epochs`).
 
-    `reported_up_to`: the last epoch the listener is known to have received (a sweep passes the epoch of the
-    checkpoint Ray Tune restored). Epochs the trial directory holds beyond it are reported again on resume, so
-    a listener that died between the checkpoint and the report loses nothing; it drops what it already has.
+    Starting again on the same `out_dir` resumes from its newest checkpoint (or `resume_from`), and the
+    reporter is told so once (`reporter.resume`) before training goes on.
     """
     out_dir = Path(out_dir)
     prepare_trial_dir(spec, out_dir)
@@ -315,12 +313,7 @@ def run_trial(
         history = state["history"]
         start_epoch = state["epoch"] + 1
         log(f"resuming {out_dir} from {checkpoint.name} (epoch {state['epoch']} done)")
-        _rewrite_history(out_dir / "metrics.jsonl", history, reporter)
-        if reported_up_to is not None:
-            replay = [record for record in history if record["epoch"] > reported_up_to]
-            for record in replay:
-                last = record is replay[-1]
-                reporter.report(record["epoch"], record, checkpoint if last else None)
+        reporter.resume(history, checkpoint)
     record_attempt(out_dir, start_epoch - 1)
     log(
         f"trial: {spec.detector} {spec.backbone.name} freeze={spec.backbone.freeze} on {device}; "
@@ -419,9 +412,3 @@ def final_metrics(history: list[dict[str, Any]]) -> dict[str, Any]:
         final.update(record)
     final["epochs"] = history[-1]["epoch"] if history else 0
     return final
-
-
-def _rewrite_history(path: Path, history: list[dict[str, Any]], reporter: Reporter) -> None:
-    # Standalone runs keep metrics.jsonl equal to the checkpoint's history: no epoch listed twice after resume.
-    if isinstance(reporter, JsonLinesReporter) and reporter.path == path:
-        path.write_text("".join(json.dumps(record) + "\n" for record in history))
