@@ -9,8 +9,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from service.console import configure_logging
 from trainers.errors import FrostError, TrainingError
+
+if TYPE_CHECKING:
+    from service.results import SweepSummary
 
 
 class _Parser(argparse.ArgumentParser):
@@ -75,36 +80,35 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from sweeps.spec import load_sweep_spec
 
     spec = load_sweep_spec(args.spec, args.set)
-    summary = run_sweep(spec, root=args.root, address=args.address, force=args.force)
+    summary = run_sweep(spec, root=args.root, address=args.address, force=args.force, verbose=args.verbose)
     if args.json:
-        print(json.dumps(summary))
+        print(json.dumps(summary.to_json()))
     return _sweep_exit_code(summary)
 
 
-def _sweep_exit_code(summary: dict) -> int:
+def _sweep_exit_code(summary: SweepSummary) -> int:
     """0 all trials ended well, 1 a trial errored, 130 the sweep was stopped before its end (resume it)."""
-    if summary.get("interrupted"):
+    if summary.interrupted:
         return 130
-    return 0 if summary.get("ok", True) else 1
+    return 0 if summary.ok else 1
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
-    from service.driver import project_root, run_sweep
-    from service.status import SPEC_FILE, find_sweep
+    from service.driver import run_sweep
+    from service.project import SPEC_FILE, find_sweep, project_root
     from sweeps.spec import load_sweep_spec
 
     root = project_root(args.root)
     spec = load_sweep_spec(find_sweep(args.name, root) / SPEC_FILE)
-    summary = run_sweep(spec, root=root, address=args.address)
+    summary = run_sweep(spec, root=root, address=args.address, verbose=args.verbose)
     if args.json:
-        print(json.dumps(summary))
+        print(json.dumps(summary.to_json()))
     return _sweep_exit_code(summary)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from service.driver import best_trial, project_root
-    from service.status import SPEC_FILE, find_sweep, sweep_status
-    from sweeps.space import ranking
+    from service.project import SPEC_FILE, find_sweep, project_root
+    from service.status import sweep_status
     from sweeps.spec import load_sweep_spec
 
     job = None
@@ -118,50 +122,39 @@ def _cmd_status(args: argparse.Namespace) -> int:
         if not job:
             raise
         # Submitted to a cluster whose storage this machine does not see: the job's state is what is known.
-        status = {"name": args.name, "state": "UNKNOWN", "trials": [], "job": job}
         if args.json:
-            print(json.dumps(status))
+            print(json.dumps({"name": args.name, "state": "UNKNOWN", "trials": [], "job": job}))
         else:
             print(
                 f"sweep {args.name}: job {job['submission_id']} {job['status']} (its storage is not visible here)"
             )
         return 0
     spec = load_sweep_spec(directory / SPEC_FILE)
-    metric, mode = ranking(spec)
-    status = sweep_status(directory, metric, mode, spec.trial_count(), list(spec.search))
-    status["best"] = best_trial(status["trials"], metric, mode)
+    status = sweep_status(directory, spec)
+    status.job = job
     if args.plot:
         from service.plots import plot_sweep
 
-        plot = plot_sweep(directory, metric, mode, list(spec.search))
-        status["plot"] = str(plot) if plot else None
+        plot = plot_sweep(directory, status.metric, status.mode, list(spec.search))
+        status.plot = str(plot) if plot else None
         print(f"plot: {plot}" if plot else "plot: no trial has reported an epoch yet", file=sys.stderr)
-    if args.address:
-        status["job"] = job
     if args.json:
-        print(json.dumps(status))
+        print(json.dumps(status.to_json()))
         return 0
-    print(
-        f"sweep {status['name']}: {status['state']} ({len(status['trials'])} of {spec.trial_count()} trials)"
-    )
+    print(f"sweep {status.name}: {status.state} ({len(status.trials)} of {spec.trial_count()} trials)")
     if job:
         print(f"  job {job['submission_id']}: {job['status']}")
-    for trial in status["trials"]:
-        value = trial[metric]
-        shown = f"{value:.4f}" if isinstance(value, float) else "-"
-        print(
-            f"  {trial['trial_id']}  {trial['state']:<11} {trial['fate'] or '':<11} epochs {trial['epochs']:>3}  "
-            f"{metric} {shown}  {trial['config']}"
-        )
-    if status["best"]:
-        best = status["best"]
-        print(f"best so far: {best['trial_id']} {metric}={best[metric]:.4f} {best['config']}")
+    for line in status.trial_lines():
+        print(line)
+    best = status.best_line()
+    if best:
+        print(f"best so far: {best}")
     return 0
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
     from service.jobs import submit_sweep
-    from service.tracking import default_tracking_uri, mlflow_ui_command
+    from service.tracking.uris import default_tracking_uri, mlflow_ui_command
     from sweeps.spec import load_sweep_spec
 
     spec = load_sweep_spec(args.spec, args.set)
@@ -224,8 +217,7 @@ def _cmd_stop(args: argparse.Namespace) -> int:
 
 
 def _cmd_ls(args: argparse.Namespace) -> int:
-    from service.driver import project_root
-    from service.status import list_sweeps
+    from service.project import list_sweeps, project_root
 
     for name in list_sweeps(project_root(args.root)):
         print(name)
@@ -274,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--address", help="attach to an existing Ray cluster")
     run.add_argument("--json", action="store_true", help="last stdout line: a JSON summary")
     run.add_argument(
+        "--verbose", action="store_true", help="also Ray's own output (Tune's table, worker logs)"
+    )
+    run.add_argument(
         "--force",
         action="store_true",
         help="a changed spec under an existing name: keep the old sweep aside and start afresh",
@@ -286,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--root", help="project folder (default $FROST_HOME or ./frost-runs)")
     resume.add_argument("--address", help="attach to an existing Ray cluster")
     resume.add_argument("--json", action="store_true", help="last stdout line: a JSON summary")
+    resume.add_argument(
+        "--verbose", action="store_true", help="also Ray's own output (Tune's table, worker logs)"
+    )
     resume.set_defaults(func=_cmd_resume)
 
     status = sub.add_parser("status", help="trials of a sweep by state, from its storage")
@@ -330,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    configure_logging(getattr(args, "verbose", False))
     if args.func in (_cmd_run, _cmd_resume):
         from service.loopback import keep_ray_on_loopback
 

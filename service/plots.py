@@ -34,7 +34,7 @@ def _label(config: dict[str, Any]) -> str:
 
 def plot_sweep(directory: Path, metric: str, mode: str, searched: list[str]) -> Path | None:
     """Write `<directory>/sweep.png`; None when no trial has reported an epoch yet."""
-    trials = []
+    trials: list[dict[str, Any]] = []
     for trial_dir in trial_dirs(directory):
         try:
             history = trial_history(trial_dir)

@@ -55,7 +55,9 @@ def list_sweeps(root: Path) -> list[str]:
 def check_sweep_name(name: str) -> str:
     """A sweep NAME on the command line names a folder under sweeps/, never a path elsewhere."""
     if not name or name != name.strip() or "/" in name or "\\" in name or name in (".", "..") or "\0" in name:
-        raise FrostError(f"sweep name {name!r}: a sweep is named by its spec's `name` (no '/', '..' or spaces)")
+        raise FrostError(
+            f"sweep name {name!r}: a sweep is named by its spec's `name` (no '/', '..' or spaces)"
+        )
     return name
 
 
@@ -105,7 +107,12 @@ def check_same_spec(spec: SweepSpec, directory: Path, force: bool = False) -> No
                 "give the sweep another name, or pass --force to start it afresh (the old one is kept aside)"
             )
         archive = archive_sweep(previous, spec, directory)
-        log.info("--force: sweep '%s' changed:\n%s\nthe old sweep is kept in %s; starting afresh", spec.name, diff, archive)
+        log.info(
+            "--force: sweep '%s' changed:\n%s\nthe old sweep is kept in %s; starting afresh",
+            spec.name,
+            diff,
+            archive,
+        )
     dump_sweep_spec(spec, saved)
 
 
@@ -117,7 +124,9 @@ def archive_sweep(previous: SweepSpec, spec: SweepSpec, directory: Path) -> Path
             f"--force: sweep '{spec.name}' keeps its Ray Tune state in remote storage ({remote[0]}); "
             "move or delete it there first, or give the sweep another name"
         )
-    archive = directory.parent / ".replaced" / f"{spec.name}-{previous.digest()}-{time.strftime('%Y%m%d-%H%M%S')}"
+    archive = (
+        directory.parent / ".replaced" / f"{spec.name}-{previous.digest()}-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
     archive.parent.mkdir(parents=True, exist_ok=True)
     directory.rename(archive)
     directory.mkdir(parents=True)

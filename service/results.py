@@ -13,7 +13,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # A trial's fate (as the tracker records it) -> the state the summaries report.
-FATE_STATE = {"completed": "TERMINATED", "stopped": "TERMINATED", "error": "ERROR", "interrupted": "INTERRUPTED"}
+FATE_STATE = {
+    "completed": "TERMINATED",
+    "stopped": "TERMINATED",
+    "error": "ERROR",
+    "interrupted": "INTERRUPTED",
+}
 FINISHED_STATES = ("TERMINATED", "ERROR")
 
 

@@ -50,7 +50,7 @@ class _Tee:
 @contextlib.contextmanager
 def _trial_log(out_dir: Path) -> Iterator[None]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    with (out_dir / "trial.log").open("a") as fh, contextlib.redirect_stderr(_Tee(sys.stderr, fh)):  # type: ignore[type-var]
+    with (out_dir / "trial.log").open("a") as fh, contextlib.redirect_stderr(_Tee(sys.stderr, fh)):
         yield
 
 

@@ -481,8 +481,8 @@ def test_scheduler_is_not_judged_against_a_searched_epochs_entry_that_failed(cap
 
 # ----------------------------------------------------------------------------------------- --force
 def test_a_changed_spec_is_refused_unless_forced_and_forcing_keeps_the_old_sweep(tmp_path):
-    from service.driver import check_same_spec
-    from service.status import SPEC_FILE, list_sweeps
+    from service.project import check_same_spec
+    from service.project import SPEC_FILE, list_sweeps
 
     old = load_sweep_spec(CATALOG / "smoke.yaml")
     new = load_sweep_spec(CATALOG / "smoke.yaml", ["trial.seed=7"])
@@ -507,7 +507,7 @@ def test_a_changed_spec_is_refused_unless_forced_and_forcing_keeps_the_old_sweep
 
 
 def test_force_refuses_to_move_remote_state(tmp_path):
-    from service.driver import check_same_spec
+    from service.project import check_same_spec
 
     old = load_sweep_spec(CATALOG / "smoke.yaml", ["storage=s3://bucket/frost"])
     directory = tmp_path / "sweeps" / old.name

@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 
 from service.cli import main
 from service.jobs import connect, wait_for_job
-from service.tracking import default_tracking_uri
+from service.tracking.uris import default_tracking_uri
 
 pytestmark = pytest.mark.integration
 

@@ -144,7 +144,7 @@ def test_asha_decisions_survive_a_kill(asha_spec, uninterrupted, tmp_path, kill_
 
 
 def test_a_sweep_has_one_driver_at_a_time_and_a_killed_one_lets_go(tmp_path):
-    from service.driver import sweep_lock
+    from service.project import sweep_lock
 
     spec = tmp_path / "locked.yaml"
     spec.write_text(yaml.safe_dump(tiny_sweep("locked", lrs=[0.02], epochs=20)))

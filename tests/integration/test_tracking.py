@@ -21,12 +21,9 @@ from mlflow.tracking import MlflowClient
 from ray import cloudpickle, tune
 from ray.tune.schedulers import ASHAScheduler
 
-from service.tracking import (
-    MlflowTrackingCallback,
-    SweepTracker,
-    default_tracking_uri,
-    mlflow_ui_command,
-)
+from service.tracking.callback import MlflowTrackingCallback
+from service.tracking.tracker import SweepTracker
+from service.tracking.uris import default_tracking_uri, mlflow_ui_command
 
 pytestmark = pytest.mark.integration
 
