@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
+import time
+import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -54,8 +58,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from trainers.config import load_trial_spec
     from trainers.train import run_trial
 
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise FrostError(f"--out: {out} is a file; a trial writes a folder")
     spec = load_trial_spec(args.trial, args.set)
-    metrics = run_trial(spec, Path(args.out))
+    metrics = run_trial(spec, out)
     print(json.dumps(metrics))
     return 0
 
@@ -344,6 +351,24 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("frost: interrupted", file=sys.stderr)
         return 130
+    except Exception:  # a bug of frost's, not the user's: one line here, the traceback in a file
+        if os.environ.get("FROST_DEBUG") == "1":
+            raise
+        report = crash_report(traceback.format_exc())
+        print(
+            f"frost: internal error ({sys.exc_info()[0].__name__}); the traceback is in {report} "  # type: ignore[union-attr]
+            "(FROST_DEBUG=1 prints it)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def crash_report(text: str) -> Path:
+    """Write a traceback to a file of its own and return its path."""
+    fd, name = tempfile.mkstemp(prefix=f"frost-error-{time.strftime('%Y%m%d-%H%M%S')}-", suffix=".log")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(f"frost {' '.join(sys.argv[1:])}\n{text}")
+    return Path(name)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,8 @@ def frost_home() -> Path:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: `.inf` or `.nan` in a spec is a typo, never a setting (an lr of inf trains nothing).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class SynthSpec(_Section):
@@ -245,20 +246,56 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+# A spec is a small file written by a person: anything far beyond these is a mistake or an attack (a YAML
+# "billion laughs" of aliases, nesting deep enough to exhaust the parser's recursion).
+MAX_SPEC_BYTES = 1 << 20
+MAX_YAML_DEPTH = 50
+MAX_YAML_ALIASES = 100
+
+
+def _check_yaml_shape(path: Path, text: str) -> None:
+    depth = aliases = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                raise FrostError(f"{path}: nested more than {MAX_YAML_DEPTH} levels deep")
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
+        elif isinstance(event, yaml.AliasEvent):
+            aliases += 1
+            if aliases > MAX_YAML_ALIASES:
+                raise FrostError(f"{path}: more than {MAX_YAML_ALIASES} YAML aliases")
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping from a file, or a FrostError naming the file and what is wrong with it."""
     path = Path(path)
     try:
-        text = path.read_text()
+        if path.stat().st_size > MAX_SPEC_BYTES:
+            raise FrostError(f"{path}: larger than {MAX_SPEC_BYTES // 1024} KiB; not a spec")
+        text = path.read_bytes().decode("utf-8")
+    except IsADirectoryError:
+        raise FrostError(f"{path}: is a folder, not a YAML file") from None
     except OSError as exc:
         raise FrostError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise FrostError(f"{path}: not UTF-8 text (byte {exc.start}); a spec is a YAML text file") from None
     try:
+        _check_yaml_shape(path, text)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise FrostError(f"{path}: not valid YAML: {exc}") from None
+    except RecursionError:
+        raise FrostError(f"{path}: nested too deeply") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise FrostError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    if not all(isinstance(key, str) for key in data):
+        raise FrostError(
+            f"{path}: top-level keys must be names, got {[k for k in data if not isinstance(k, str)][:3]}"
+        )
     return data
 
 

@@ -46,6 +46,15 @@ def test_run_prints_the_json_summary_last(sweep):
     assert "epoch" in sweep["stderr"] and "[" in sweep["stderr"]  # the live view
 
 
+def test_the_console_shows_frost_lines_and_ray_output_goes_to_the_sweep_log(sweep):
+    lines = [line for line in sweep["stderr"].splitlines() if line.strip()]
+    foreign = [line for line in lines if not line.startswith(("frost: ", "  "))]
+    assert not foreign, foreign[:10]  # no Tune status table, no worker lines ("Checkpoint successfully ...")
+    trials = sweep["root"] / "sweeps" / "tiny-asha" / "trials"
+    logs = [p.read_text() for p in trials.glob("*/trial.log")]
+    assert len(logs) == 4 and all("trial: " in text for text in logs)  # each trial's own lines, kept
+
+
 def test_asha_stops_the_weak_trials_early(sweep):
     summary = json.loads(sweep["stdout"].strip().splitlines()[-1])
     epochs = {trial["config"]["optim.lr"]: trial["epochs"] for trial in summary["trials"]}
