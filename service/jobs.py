@@ -14,14 +14,17 @@ Token authentication stays on: the client sends the token of `RAY_AUTH_TOKEN`, `
 from __future__ import annotations
 
 import importlib
+import ipaddress
 import os
 import shlex
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from service.reach import check_reachable
 from sweeps.spec import SweepSpec, dump_sweep_spec
 from trainers.errors import FrostError
 
@@ -33,6 +36,7 @@ ACTIVE = ("PENDING", "RUNNING")
 KEPT = ("PENDING", "RUNNING", "SUCCEEDED")  # a job in one of these is not submitted again
 PACKAGES = ("trainers", "sweeps", "service")
 STOP_GRACE_S = 60  # seconds between `frost stop`'s SIGTERM and Ray's SIGKILL of the driver
+REACH_TIMEOUT_S = 10.0  # an unreachable head or a refused token is reported within this, before any upload
 # Left out of what the job uploads: caches and anything a developer may have beside the code.
 EXCLUDES = ["__pycache__", "*.pyc", ".pytest_cache", "frost-runs", "*.egg-info"]
 
@@ -61,6 +65,9 @@ def connect(address: str | None) -> Any:
     from ray.job_submission import JobSubmissionClient
 
     token = auth_token()
+    if token:
+        warn_token_in_clear(url)
+    check_reachable(url, REACH_TIMEOUT_S, token=token)
     # The token goes in our own header: Ray's client attaches it only when its auth mode, read once per
     # process, says "token", which a process that imported Ray before RAY_AUTH_MODE was set never sees.
     headers = {"Authorization": f"Bearer {token}"} if token else None
@@ -81,6 +88,33 @@ def auth_token() -> str | None:
         return None
 
 
+def token_in_clear(url: str) -> bool:
+    """Whether a token sent to this Jobs API address crosses a network unencrypted: plain http:// to a host
+    that is not this machine's loopback. Decided from the address alone (no name is resolved)."""
+    parts = urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname:
+        return False
+    if parts.hostname == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(parts.hostname).is_loopback
+    except ValueError:  # a host name other than localhost: it may resolve to anything
+        return True
+
+
+def warn_token_in_clear(url: str) -> bool:
+    """One warning line on stderr when `token_in_clear(url)`; True when it warned. Sends nothing."""
+    if not token_in_clear(url):
+        return False
+    host = urlsplit(url).hostname
+    print(
+        f"frost: warning: sending the Ray auth token over plain http:// to {host}: anyone on the path can "
+        "read it; use an SSH tunnel or kubectl port-forward to 127.0.0.1, or https://",
+        file=sys.stderr,
+    )
+    return True
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     lines = [line for line in text.splitlines() if line.strip()]
@@ -98,7 +132,7 @@ def _call(url: str, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
 
 def package_dirs() -> list[str]:
     """The project's packages as local directories, shipped as py_modules (the trials import them too)."""
-    return [str(Path(importlib.import_module(name).__file__).parent) for name in PACKAGES]
+    return [str(Path(str(importlib.import_module(name).__file__)).parent) for name in PACKAGES]
 
 
 def entrypoint(root: str | None, force: bool = False) -> str:
