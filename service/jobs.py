@@ -88,28 +88,35 @@ def auth_token() -> str | None:
         return None
 
 
-def token_in_clear(url: str) -> bool:
-    """Whether a token sent to this Jobs API address crosses a network unencrypted: plain http:// to a host
-    that is not this machine's loopback. Decided from the address alone (no name is resolved)."""
-    parts = urlsplit(url)
-    if parts.scheme != "http" or not parts.hostname:
+def token_in_clear(address: str) -> bool:
+    """Whether Ray's token, sent to this address, crosses a network unencrypted: plain http:// (Jobs API), or
+    gRPC (a GCS HOST:PORT, ray://) without Ray's TLS (RAY_USE_TLS), to a host that is not this machine's
+    loopback. Decided from the address alone: no name is resolved, so a host name other than localhost counts
+    as remote. `auto` is the cluster this process runs in."""
+    if address == "auto":
+        return False
+    parts = urlsplit(address if "://" in address else f"gcs://{address}")
+    if parts.scheme == "https" or not parts.hostname:
+        return False
+    if parts.scheme != "http" and os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
         return False
     if parts.hostname == "localhost":
         return False
     try:
         return not ipaddress.ip_address(parts.hostname).is_loopback
-    except ValueError:  # a host name other than localhost: it may resolve to anything
+    except ValueError:  # a host name: it may resolve to anything
         return True
 
 
-def warn_token_in_clear(url: str) -> bool:
-    """One warning line on stderr when `token_in_clear(url)`; True when it warned. Sends nothing."""
-    if not token_in_clear(url):
+def warn_token_in_clear(address: str) -> bool:
+    """One warning line on stderr when `token_in_clear(address)`; True when it warned. Sends nothing."""
+    if not token_in_clear(address):
         return False
-    host = urlsplit(url).hostname
+    parts = urlsplit(address if "://" in address else f"gcs://{address}")
+    channel = "plain http://" if parts.scheme == "http" else "gRPC without TLS"
     print(
-        f"frost: warning: sending the Ray auth token over plain http:// to {host}: anyone on the path can "
-        "read it; use an SSH tunnel or kubectl port-forward to 127.0.0.1, or https://",
+        f"frost: warning: sending the Ray auth token over {channel} to {parts.hostname}: anyone on the path can "
+        "read it; use an SSH tunnel or kubectl port-forward to 127.0.0.1, or TLS",
         file=sys.stderr,
     )
     return True

@@ -41,6 +41,13 @@ SQLITE_URI = re.compile(r"sqlite:/{2,}([^\s'\"`)]*)")
 
 
 # ------------------------------------------------------------------------------------------ reading
+def found(pattern: str, text: str, flags: int = 0) -> str:
+    """The first group of `pattern` in `text`; the test fails when it is not there."""
+    match = re.search(pattern, text, flags)
+    assert match, f"{pattern!r} not found"
+    return match.group(1)
+
+
 def load_documents(path: Path) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
 
@@ -285,7 +292,7 @@ def script_code(path: Path) -> str:
 
 # ------------------------------------------------------------------------------------------ manifests
 def test_every_manifest_parses_with_the_expected_kinds():
-    kinds = sorted(obj.get("kind") for obj in kube_objects())
+    kinds = sorted(str(obj.get("kind")) for obj in kube_objects())
     assert kinds == sorted(
         ["RayCluster", "RayJob", "Deployment", "Service", "NetworkPolicy"]
         + ["PersistentVolumeClaim"] * 2
@@ -300,7 +307,7 @@ def test_every_manifest_parses_with_the_expected_kinds():
 
 
 def test_one_image_everywhere_tagged_with_the_project_version():
-    version = re.search(r'^version = "([^"]+)"', (REPO / "pyproject.toml").read_text(), re.M).group(1)
+    version = found(r'^version = "([^"]+)"', (REPO / "pyproject.toml").read_text(), re.M)
     assert IMAGE.endswith(f"/frost:{version}"), f"deploy/image.txt {IMAGE} is not tagged {version}"
     assert image_problems(kube_objects(), ray_up(), IMAGE) == []
     images = [v for obj in kube_objects() for _, key, v in walk(obj) if key == "image"]
@@ -317,7 +324,7 @@ def test_dockerfile_installs_the_project_as_pyproject_pins_it():
     pyproject = (REPO / "pyproject.toml").read_text()
     assert re.search(r"^FROM python:3\.11-slim$", dockerfile, re.M)
     for package in ("torch", "torchvision"):
-        pin = re.search(rf'"{package}==([^"]+)"', pyproject).group(1)
+        pin = found(rf'"{package}==([^"]+)"', pyproject)
         assert f"{package}=={pin}" in dockerfile, f"the Dockerfile does not install {package}=={pin}"
     assert "pip install --no-deps ." in dockerfile
     assert not re.search(r"^ENTRYPOINT", dockerfile, re.M), "KubeRay and ray up set the container command"
@@ -484,7 +491,9 @@ def test_ray_pods_share_one_frost_home_on_the_shared_claim():
 
 
 def test_ray_up_config_is_valid_and_keeps_the_dashboard_on_loopback():
-    ray_dir = Path(importlib.util.find_spec("ray").submodule_search_locations[0])
+    ray_spec = importlib.util.find_spec("ray")
+    assert ray_spec is not None and ray_spec.submodule_search_locations
+    ray_dir = Path(ray_spec.submodule_search_locations[0])
     schema = json.loads((ray_dir / "autoscaler" / "ray-schema.json").read_text())
     jsonschema = pytest.importorskip("jsonschema")
     config = ray_up()
@@ -589,7 +598,7 @@ def test_no_sqlite_on_shared_storage():
     # ray up's MLflow: PostgreSQL, its URI read from a file copied from the operator's machine.
     config = ray_up()
     [start] = [c for c in config["head_start_ray_commands"] if "mlflow-server.sh start" in c]
-    uri_file = re.search(r"--backend-store-uri-file (\S+)", start).group(1)
+    uri_file = found(r"--backend-store-uri-file (\S+)", start)
     assert uri_file in config["file_mounts"], "the URI file comes from the operator's machine"
     assert "postgresql+psycopg2://" in (DEPLOY / "ray-up.yaml").read_text()
 
@@ -633,7 +642,7 @@ def test_no_database_password_on_a_command_line(tmp_path):
     script = str(DEPLOY / "mlflow-server.sh")
     # The server gets its store URI through the environment, never its arguments.
     code = script_code(DEPLOY / "mlflow-server.sh")
-    server = re.search(r"SERVER=\(([^)]*)\)", code).group(1)
+    server = found(r"SERVER=\(([^)]*)\)", code)
     assert "--backend-store-uri" not in server and "export MLFLOW_BACKEND_STORE_URI=" in code
     secret = "pw-" + "x" * 12
     refused = subprocess.run(
@@ -698,7 +707,7 @@ def test_local_cluster_script_stays_on_loopback_and_stops_only_its_own():
     assert "--head" in code and '--address "127.0.0.1:$PORT"' in code and "--temp-dir" in code
     assert "0.0.0.0" not in code
     assert not re.search(r"\bray\s+stop\b|\bpkill\b|\bkillall\b", code)
-    assert re.search(r"^PORT=\$\{FROST_RAY_PORT:-(\d+)\}", code, re.M).group(1) != "6379"
+    assert found(r"^PORT=\$\{FROST_RAY_PORT:-(\d+)\}", code, re.M) != "6379"
     assert "RAY_AUTH_MODE=token" in code
 
 
@@ -711,6 +720,7 @@ def test_loopback_ray_keeps_127_0_0_1_as_the_node_address(monkeypatch):
     monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", ray_constants.ENABLE_RAY_CLUSTER)
     monkeypatch.setattr(sys, "dont_write_bytecode", True)  # leaves no deploy/__pycache__ behind
     spec = importlib.util.spec_from_file_location("loopback_ray", DEPLOY / "loopback_ray.py")
+    assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     module.pin_to_loopback()

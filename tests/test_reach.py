@@ -137,10 +137,21 @@ def test_frost_logs_at_a_closed_port_exits_2_with_one_line():
         ("http://[::1]:8265", False),
         ("https://10.1.2.3:8265", False),
         ("https://ray-head.example.com", False),
+        ("10.1.2.3:6379", True),
+        ("ray://10.1.2.3:10001", True),
+        ("127.0.0.1:6380", False),
+        ("auto", False),
     ],
 )
-def test_token_in_clear_is_plain_http_to_a_non_loopback_host(url, in_clear):
+def test_token_in_clear_is_plain_http_to_a_non_loopback_host(url, in_clear, monkeypatch):
+    monkeypatch.delenv("RAY_USE_TLS", raising=False)
     assert token_in_clear(url) is in_clear
+
+
+def test_grpc_with_rays_tls_is_not_in_clear(monkeypatch):
+    monkeypatch.setenv("RAY_USE_TLS", "1")
+    assert token_in_clear("10.1.2.3:6379") is False
+    assert token_in_clear("http://10.1.2.3:8265") is True  # the Jobs API's HTTP is not Ray's gRPC TLS
 
 
 @pytest.fixture
@@ -154,12 +165,17 @@ def no_sockets(monkeypatch):
     monkeypatch.setattr(socket, "create_connection", refuse)
 
 
-def test_the_warning_is_one_stderr_line_and_sends_nothing(no_sockets, capsys):
+def test_the_warning_is_one_stderr_line_and_sends_nothing(no_sockets, capsys, monkeypatch):
+    monkeypatch.delenv("RAY_USE_TLS", raising=False)
     assert warn_token_in_clear("http://10.1.2.3:8265") is True
     captured = capsys.readouterr()
     assert captured.out == ""
     lines = captured.err.splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"{TOKEN_WARNING} to 10.1.2.3:")
+    assert warn_token_in_clear("10.1.2.3:6379") is True  # what `frost run --address` joins
+    assert capsys.readouterr().err.startswith(
+        "frost: warning: sending the Ray auth token over gRPC without TLS"
+    )
     assert warn_token_in_clear("http://127.0.0.1:8265") is False
     assert warn_token_in_clear("https://10.1.2.3:8265") is False
     assert capsys.readouterr().err == ""

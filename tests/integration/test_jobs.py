@@ -151,7 +151,9 @@ def test_stop_stops_a_running_sweep(head, tmp_path):
     summary = json.loads(logs.strip().splitlines()[-1])  # the driver still prints its summary, saying so
     assert summary["interrupted"] is True and "INTERRUPTED" in {t["state"] for t in summary["trials"]}
     client = MlflowClient(default_tracking_uri(tmp_path / "root"))
-    runs = client.search_runs([client.get_experiment_by_name("jobs-long").experiment_id])
+    experiment = client.get_experiment_by_name("jobs-long")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id])
     assert runs and {r.info.status for r in runs} == {"KILLED"}, [
         (r.info.run_name, r.info.status) for r in runs
     ]
