@@ -281,6 +281,11 @@ def ray_up_commands(config: dict[str, Any]) -> list[str]:
     return [str(c) for k in keys for c in config[k]] + [str(o) for o in config["docker"]["run_options"]]
 
 
+def mlflow_script(*args: str) -> subprocess.CompletedProcess[str]:
+    """deploy/mlflow-server.sh with these arguments (tests use commands that start nothing)."""
+    return subprocess.run(["bash", str(DEPLOY / "mlflow-server.sh"), *args], capture_output=True, text=True)
+
+
 def script_code(path: Path) -> str:
     """A script without its comments, with $LOOPBACK / $HOST expanded to the address they are set to."""
     lines = [line for line in path.read_text().splitlines() if not line.lstrip().startswith("#")]
@@ -639,35 +644,23 @@ def test_every_autoscaler_presents_the_ray_token():
 def test_no_database_password_on_a_command_line(tmp_path):
     assert literal_secrets(kube_objects()) == []
     assert command_line_passwords(ray_up_commands(ray_up())) == []
-    script = str(DEPLOY / "mlflow-server.sh")
     # The server gets its store URI through the environment, never its arguments.
     code = script_code(DEPLOY / "mlflow-server.sh")
     server = found(r"SERVER=\(([^)]*)\)", code)
     assert "--backend-store-uri" not in server and "export MLFLOW_BACKEND_STORE_URI=" in code
     secret = "pw-" + "x" * 12
-    refused = subprocess.run(
-        [
-            "bash",
-            script,
-            "status",
-            "--root",
-            str(tmp_path),
-            "--backend-store-uri",
-            f"postgresql+psycopg2://u:{secret}@db/m",
-        ],
-        capture_output=True,
-        text=True,
-    )
+    with_password = f"postgresql+psycopg2://u:{secret}@db/m"
+    refused = mlflow_script("status", "--root", str(tmp_path), "--backend-store-uri", with_password)
     assert refused.returncode != 0 and "holds a password" in refused.stderr
     assert secret not in refused.stderr + refused.stdout, "the refusal must not print the password"
     uri_file = tmp_path / "mlflow-db-uri"
     uri_file.write_text(f"postgresql+psycopg2://u:{secret}@db/m\n")
     uri_file.chmod(0o644)
-    status = ["bash", script, "status", "--root", str(tmp_path), "--backend-store-uri-file", str(uri_file)]
-    shared = subprocess.run(status, capture_output=True, text=True)
+    status = ["status", "--root", str(tmp_path), "--backend-store-uri-file", str(uri_file)]
+    shared = mlflow_script(*status)
     assert shared.returncode != 0 and "readable by others (mode 644)" in shared.stderr
     uri_file.chmod(0o600)
-    private = subprocess.run(status, capture_output=True, text=True)
+    private = mlflow_script(*status)
     assert private.returncode == 0 and "not running" in private.stdout, private.stderr
     assert secret not in private.stderr + private.stdout
 
@@ -746,24 +739,11 @@ def test_mlflow_script_binds_loopback_and_wants_the_psycopg2_driver(tmp_path):
     assert re.search(r"mlflow server --host 127\.0\.0\.1 --port", code)
     assert "--serve-artifacts" in code and "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false" in code
     assert "0.0.0.0" not in code and not re.search(r"\bpkill\b|\bkillall\b", code)
-    script = str(DEPLOY / "mlflow-server.sh")
-    bare = subprocess.run(
-        [
-            "bash",
-            script,
-            "status",
-            "--root",
-            str(tmp_path),
-            "--backend-store-uri",
-            "postgresql://u@127.0.0.1/db",
-        ],
-        capture_output=True,
-        text=True,
+    bare = mlflow_script(
+        "status", "--root", str(tmp_path), "--backend-store-uri", "postgresql://u@127.0.0.1/db"
     )
     assert bare.returncode != 0 and "postgresql+psycopg2://" in bare.stderr
-    status = subprocess.run(
-        ["bash", script, "status", "--root", str(tmp_path)], capture_output=True, text=True
-    )
+    status = mlflow_script("status", "--root", str(tmp_path))
     assert status.returncode == 0 and "not running" in status.stdout
 
 
