@@ -28,6 +28,7 @@ TOKEN_HELP = "RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token"
 _GCS_PROBE = """
 import sys
 from ray._raylet import GcsClient
+print("connecting", flush=True)
 try:
     GcsClient(address=sys.argv[1])
 except Exception as exc:
@@ -116,7 +117,10 @@ def _check_gcs(address: str, timeout: float) -> None:
             text=True,
             timeout=timeout,
         )
-    except subprocess.TimeoutExpired:
+    except subprocess.TimeoutExpired as expired:
+        started = expired.stdout or b""  # bytes on POSIX even in text mode: read before decoding
+        if b"connecting" not in (started if isinstance(started, bytes) else started.encode()):
+            return  # this machine was too slow to even import Ray: no verdict, let Ray itself try
         raise FrostError(
             f"the Ray cluster at {address} did not answer within {timeout:.0f} s (is it Ray's GCS port?)"
         ) from None
