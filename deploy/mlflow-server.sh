@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # An MLflow tracking server on 127.0.0.1 only, for sweeps that log to `tracking.uri: http://127.0.0.1:5000`.
 #
-#   deploy/mlflow-server.sh start  [--root DIR] [--port P] [--backend-store-uri URI] [--artifacts DIR|URI] [--workers N]
+#   deploy/mlflow-server.sh start  [--root DIR] [--port P] [--backend-store-uri URI | --backend-store-uri-file FILE]
+#                                  [--artifacts DIR|URI] [--workers N]
 #   deploy/mlflow-server.sh run    [same flags]   (in the foreground, for systemd / tmux / a container)
 #   deploy/mlflow-server.sh status [--root DIR] [--port P]
 #   deploy/mlflow-server.sh stop   [--root DIR] [--port P]
@@ -12,8 +13,13 @@
 # credentials. Its job runner stays off (MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false: a dozen idle processes).
 #
 # PostgreSQL: give the URI with the psycopg2 driver, postgresql+psycopg2://USER@HOST:5432/DB (SQLAlchemy 2.1
-# picks psycopg 3 for a bare postgresql:// URI, and that driver is not installed). Put a password in
-# MLFLOW_BACKEND_STORE_URI (environment) or ~/.pgpass rather than on the command line, where `ps` shows it.
+# picks psycopg 3 for a bare postgresql:// URI, and that driver is not installed). A password never goes on a
+# command line, where `ps` shows it to every local user: --backend-store-uri refuses a URI with one. Put it in
+# MLFLOW_BACKEND_STORE_URI (environment), in a file only you can read (--backend-store-uri-file FILE, mode
+# 0600: the URI, one line) or in ~/.pgpass.
+# SQLite only on a local disk: the script refuses an SQLite store on a network file system (NFS, EFS, SMB,
+# CephFS, FUSE mounts...), whose locking SQLite cannot rely on; a store shared by several machines is
+# PostgreSQL's job.
 # S3 artifacts: --artifacts s3://BUCKET/PREFIX with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the environment.
 #
 # `stop` ends only the server this script started, by the PID recorded in <root>/mlflow-server-<port>.pid.
@@ -24,6 +30,7 @@ PYTHON=${PYTHON:-python3}
 ROOT=${FROST_HOME:-frost-runs}
 PORT=5000
 BACKEND_URI=${MLFLOW_BACKEND_STORE_URI:-}
+BACKEND_URI_FILE=""
 ARTIFACTS=""
 WORKERS=1
 START_TIMEOUT=${MLFLOW_START_TIMEOUT:-120}
@@ -46,7 +53,11 @@ parse_args() {
         case $1 in
             --root) ROOT=$2 ;;
             --port) PORT=$2 ;;
-            --backend-store-uri) BACKEND_URI=$2 ;;
+            --backend-store-uri)
+                ! has_password "$2" || die "--backend-store-uri holds a password, which \`ps\` shows to every local user: use --backend-store-uri-file FILE (mode 0600), MLFLOW_BACKEND_STORE_URI or ~/.pgpass"
+                BACKEND_URI=$2
+                ;;
+            --backend-store-uri-file) BACKEND_URI_FILE=$2 ;;
             --artifacts) ARTIFACTS=$2 ;;
             --workers) WORKERS=$2 ;;
             *) die "unknown argument: $1 (see --help)" ;;
@@ -54,6 +65,7 @@ parse_args() {
         shift 2
     done
     ROOT=$(realpath -m "$ROOT")
+    [[ -z $BACKEND_URI_FILE ]] || BACKEND_URI=$(read_uri_file "$BACKEND_URI_FILE")
     BACKEND_URI=${BACKEND_URI:-sqlite:///$ROOT/mlflow.db}
     ARTIFACTS=${ARTIFACTS:-$ROOT/mlartifacts}
     case $BACKEND_URI in
@@ -63,6 +75,41 @@ parse_args() {
     esac
     PIDFILE=$ROOT/mlflow-server-$PORT.pid
     LOGFILE=$ROOT/mlflow-server-$PORT.log
+}
+
+# A URI with a password: SCHEME://USER:PASSWORD@HOST...
+has_password() {
+    [[ $1 =~ ://[^/@]*:[^/@]*@ ]]
+}
+
+# The backend URI from a file that only its owner can read (it may hold the database password).
+read_uri_file() {
+    local file=$1 mode uri
+    [[ -f $file ]] || die "--backend-store-uri-file $file: no such file"
+    mode=$(stat -L -c %a "$file")
+    ((8#$mode & 8#077)) && die "--backend-store-uri-file $file is readable by others (mode $mode): chmod 600 $file"
+    read -r uri <"$file" || true
+    [[ -n $uri ]] || die "--backend-store-uri-file $file is empty"
+    echo "$uri"
+}
+
+# Whether a file system type (as findmnt / stat -f name it) is a network or FUSE file system.
+is_network_fs() {
+    case $1 in
+        nfs* | cifs | smb* | ceph* | glusterfs | lustre | gpfs | beegfs | 9p | afs | ocfs2 | gfs2 | fuse*) return 0 ;;
+        *) return 1 ;;
+    esac
+}
+
+# SQLite's locks are unreliable on network file systems, and a database file there is shared by every
+# machine that mounts it: an SQLite store must sit on a local disk.
+check_sqlite_is_local() {
+    local path fstype
+    [[ $BACKEND_URI == sqlite:* ]] || return 0
+    path=${BACKEND_URI#sqlite:///}
+    [[ $path == /* ]] || path=$PWD/$path
+    fstype=$(findmnt -n -o FSTYPE -T "$(dirname "$path")" 2>/dev/null || stat -f -c %T "$(dirname "$path")")
+    ! is_network_fs "$fstype" || die "the SQLite store $path is on a network file system ($fstype): use PostgreSQL (--backend-store-uri-file) or a local --root"
 }
 
 # The URI goes through the environment (mlflow reads MLFLOW_BACKEND_STORE_URI), never the process arguments.
@@ -76,6 +123,7 @@ server_command() {
 prepare() {
     mkdir -p "$ROOT"
     [[ $ARTIFACTS == *://* ]] || mkdir -p "$ARTIFACTS"
+    check_sqlite_is_local
     command -v mlflow >/dev/null || die "mlflow not on PATH: activate the project's venv"
 }
 
@@ -171,4 +219,5 @@ main() {
     esac
 }
 
-main "$@"
+# Run unless sourced (tests source the script to call its checks).
+[[ ${BASH_SOURCE[0]} != "$0" ]] || main "$@"

@@ -14,14 +14,17 @@ Token authentication stays on: the client sends the token of `RAY_AUTH_TOKEN`, `
 from __future__ import annotations
 
 import importlib
+import ipaddress
 import os
 import shlex
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from service.reach import check_reachable
 from sweeps.spec import SweepSpec, dump_sweep_spec
 from trainers.errors import FrostError
 
@@ -33,6 +36,7 @@ ACTIVE = ("PENDING", "RUNNING")
 KEPT = ("PENDING", "RUNNING", "SUCCEEDED")  # a job in one of these is not submitted again
 PACKAGES = ("trainers", "sweeps", "service")
 STOP_GRACE_S = 60  # seconds between `frost stop`'s SIGTERM and Ray's SIGKILL of the driver
+REACH_TIMEOUT_S = 10.0  # an unreachable head or a refused token is reported within this, before any upload
 # Left out of what the job uploads: caches and anything a developer may have beside the code.
 EXCLUDES = ["__pycache__", "*.pyc", ".pytest_cache", "frost-runs", "*.egg-info"]
 
@@ -61,6 +65,9 @@ def connect(address: str | None) -> Any:
     from ray.job_submission import JobSubmissionClient
 
     token = auth_token()
+    if token:
+        warn_token_in_clear(url)
+    check_reachable(url, REACH_TIMEOUT_S, token=token)
     # The token goes in our own header: Ray's client attaches it only when its auth mode, read once per
     # process, says "token", which a process that imported Ray before RAY_AUTH_MODE was set never sees.
     headers = {"Authorization": f"Bearer {token}"} if token else None
@@ -81,6 +88,40 @@ def auth_token() -> str | None:
         return None
 
 
+def token_in_clear(address: str) -> bool:
+    """Whether Ray's token, sent to this address, crosses a network unencrypted: plain http:// (Jobs API), or
+    gRPC (a GCS HOST:PORT, ray://) without Ray's TLS (RAY_USE_TLS), to a host that is not this machine's
+    loopback. Decided from the address alone: no name is resolved, so a host name other than localhost counts
+    as remote. `auto` is the cluster this process runs in."""
+    if address == "auto":
+        return False
+    parts = urlsplit(address if "://" in address else f"gcs://{address}")
+    if parts.scheme == "https" or not parts.hostname:
+        return False
+    if parts.scheme != "http" and os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+        return False
+    if parts.hostname == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(parts.hostname).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return True
+
+
+def warn_token_in_clear(address: str) -> bool:
+    """One warning line on stderr when `token_in_clear(address)`; True when it warned. Sends nothing."""
+    if not token_in_clear(address):
+        return False
+    parts = urlsplit(address if "://" in address else f"gcs://{address}")
+    channel = "plain http://" if parts.scheme == "http" else "gRPC without TLS"
+    print(
+        f"frost: warning: sending the Ray auth token over {channel} to {parts.hostname}: anyone on the path can "
+        "read it; use an SSH tunnel or kubectl port-forward to 127.0.0.1, or TLS",
+        file=sys.stderr,
+    )
+    return True
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     lines = [line for line in text.splitlines() if line.strip()]
@@ -98,7 +139,7 @@ def _call(url: str, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
 
 def package_dirs() -> list[str]:
     """The project's packages as local directories, shipped as py_modules (the trials import them too)."""
-    return [str(Path(importlib.import_module(name).__file__).parent) for name in PACKAGES]
+    return [str(Path(str(importlib.import_module(name).__file__)).parent) for name in PACKAGES]
 
 
 def entrypoint(root: str | None, force: bool = False) -> str:

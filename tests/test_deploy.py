@@ -33,9 +33,21 @@ PLACEHOLDER = "REPLACE_ME"
 SECRET_ENV = re.compile(r"TOKEN|PASSWORD|SECRET|ACCESS_KEY|CREDENTIAL|BACKEND_STORE_URI|DATABASE_URL", re.I)
 PUBLIC_SERVICE_TYPES = {"LoadBalancer", "NodePort"}
 PUBLIC_KINDS = {"Ingress", "Route", "Gateway", "HTTPRoute"}
+# fnmatch's special characters: MLflow matches an --allowed-hosts entry that holds one as a pattern.
+HOST_PATTERN_CHARS = re.compile(r"[*?\[\]]")
+# A URI with a password (SCHEME://USER:PASSWORD@HOST).
+URI_WITH_PASSWORD = re.compile(r"://[^/\s:@]+:[^/\s@]+@")
+SQLITE_URI = re.compile(r"sqlite:/{2,}([^\s'\"`)]*)")
 
 
 # ------------------------------------------------------------------------------------------ reading
+def found(pattern: str, text: str, flags: int = 0) -> str:
+    """The first group of `pattern` in `text`; the test fails when it is not there."""
+    match = re.search(pattern, text, flags)
+    assert match, f"{pattern!r} not found"
+    return match.group(1)
+
+
 def load_documents(path: Path) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
 
@@ -129,7 +141,7 @@ def literal_secrets(objects: list[dict[str, Any]]) -> list[str]:
                 if SECRET_ENV.search(entry["name"]) and secret_ref(entry) is None:
                     problems.append(f"{path}: {entry['name']} is not read from a secretKeyRef")
             for text in [*container.get("args", []), *container.get("command", [])]:
-                if re.search(r"://[^/\s:@]+:[^/\s@]+@", str(text)):
+                if URI_WITH_PASSWORD.search(str(text)):
                     problems.append(f"{path}: a URI with a password in the command line: {text}")
     return problems
 
@@ -157,6 +169,123 @@ def image_problems(objects: list[dict[str, Any]], cluster_config: dict[str, Any]
     return [f"{path}: {value} (deploy/image.txt says {image})" for path, value in found if value != image]
 
 
+def selector_matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Kubernetes label-selector semantics (matchLabels and matchExpressions, all of them must hold)."""
+    if any(labels.get(key) != value for key, value in (selector.get("matchLabels") or {}).items()):
+        return False
+    for expression in selector.get("matchExpressions") or []:
+        key, operator, values = expression["key"], expression["operator"], expression.get("values", [])
+        held = {
+            "In": key in labels and labels[key] in values,
+            "NotIn": key not in labels or labels[key] not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }[operator]
+        if not held:
+            return False
+    return True
+
+
+def ray_pod_labels() -> list[tuple[str, dict[str, str]]]:
+    """The pod labels of every Ray head and worker group, in the RayCluster and in the RayJob."""
+    found = []
+    for name, spec in cluster_specs():
+        for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
+            found.append(
+                (f"{name}/{group.get('groupName', 'head')}", group["template"]["metadata"]["labels"])
+            )
+    return found
+
+
+def mlflow_pod_labels(objects: list[dict[str, Any]]) -> dict[str, str]:
+    deployment = next(
+        o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "frost-mlflow"
+    )
+    return deployment["spec"]["template"]["metadata"]["labels"]
+
+
+def network_policy_problems(objects: list[dict[str, Any]]) -> list[str]:
+    """The MLflow pod must be selected by a NetworkPolicy whose ingress admits labelled Ray pods only."""
+    mlflow_labels = mlflow_pod_labels(objects)
+    policies = [
+        p
+        for p in objects
+        if p["kind"] == "NetworkPolicy" and selector_matches(p["spec"]["podSelector"], mlflow_labels)
+    ]
+    if not policies:
+        return ["no NetworkPolicy selects the MLflow pod"]
+    problems = []
+    peers = []
+    for policy in policies:
+        name = policy["metadata"]["name"]
+        if not policy["spec"]["podSelector"]:
+            problems.append(f"{name}: an empty podSelector selects every pod of the namespace")
+        if "Ingress" not in policy["spec"].get("policyTypes", ["Ingress"]):
+            problems.append(f"{name}: does not restrict ingress")
+        for rule in policy["spec"].get("ingress", []):
+            if not rule.get("from"):
+                problems.append(f"{name}: an ingress rule without `from` admits every source")
+            for peer in rule.get("from", []):
+                if set(peer) != {"podSelector"} or not peer["podSelector"]:
+                    problems.append(f"{name}: ingress from {peer} is not a labelled pod of this namespace")
+                else:
+                    peers.append(peer["podSelector"])
+            ports = {port.get("port") for port in rule.get("ports", [])}
+            if ports != {5000}:
+                problems.append(f"{name}: ingress ports {ports or 'all'}, not only MLflow's 5000")
+    for where, labels in ray_pod_labels():
+        if not any(selector_matches(peer, labels) for peer in peers):
+            problems.append(f"{where}: the Ray pods are not admitted")
+    others = {
+        "the RayJob submitter": {},
+        "another frost pod": {"app.kubernetes.io/name": "frost"},
+        "an unrelated pod": {"app": "web"},
+        "the MLflow pod itself": mlflow_labels,
+    }
+    for what, labels in others.items():
+        if any(selector_matches(peer, labels) for peer in peers):
+            problems.append(f"{what} ({labels}) is admitted")
+    return problems
+
+
+def allowed_hosts_problems(hosts: list[str]) -> list[str]:
+    """--allowed-hosts entries must be exact names: a pattern like frost-mlflow.* matches foreign hosts."""
+    return [f"{host!r} is a pattern, not a host name" for host in hosts if HOST_PATTERN_CHARS.search(host)]
+
+
+def autoscaler_token_problems(spec: dict[str, Any]) -> list[str]:
+    if not spec.get("enableInTreeAutoscaling"):
+        return []
+    env = {e["name"]: e for e in (spec.get("autoscalerOptions") or {}).get("env", [])}
+    problems = []
+    if env.get("RAY_AUTH_MODE", {}).get("value") != "token":
+        problems.append("the autoscaler container lacks RAY_AUTH_MODE=token")
+    if secret_ref(env.get("RAY_AUTH_TOKEN", {})) != {"name": "frost-ray-auth", "key": "auth_token"}:
+        problems.append("the autoscaler container lacks RAY_AUTH_TOKEN from Secret frost-ray-auth")
+    return problems
+
+
+def command_line_passwords(commands: list[str]) -> list[str]:
+    """Shell commands (ray up's) that would put a database password in a process's arguments."""
+    problems = []
+    for command in commands:
+        if URI_WITH_PASSWORD.search(command) or re.search(r"PGPASSWORD=|--password[ =]", command):
+            problems.append(f"a password on a command line: {command}")
+        if re.search(r"--backend-store-uri[ =]", command):
+            problems.append(f"a store URI on a command line (use --backend-store-uri-file): {command}")
+    return problems
+
+
+def ray_up_commands(config: dict[str, Any]) -> list[str]:
+    keys = [k for k in config if k.endswith("_commands")]
+    return [str(c) for k in keys for c in config[k]] + [str(o) for o in config["docker"]["run_options"]]
+
+
+def mlflow_script(*args: str) -> subprocess.CompletedProcess[str]:
+    """deploy/mlflow-server.sh with these arguments (tests use commands that start nothing)."""
+    return subprocess.run(["bash", str(DEPLOY / "mlflow-server.sh"), *args], capture_output=True, text=True)
+
+
 def script_code(path: Path) -> str:
     """A script without its comments, with $LOOPBACK / $HOST expanded to the address they are set to."""
     lines = [line for line in path.read_text().splitlines() if not line.lstrip().startswith("#")]
@@ -168,10 +297,11 @@ def script_code(path: Path) -> str:
 
 # ------------------------------------------------------------------------------------------ manifests
 def test_every_manifest_parses_with_the_expected_kinds():
-    kinds = sorted(obj.get("kind") for obj in kube_objects())
+    kinds = sorted(str(obj.get("kind")) for obj in kube_objects())
     assert kinds == sorted(
-        ["RayCluster", "RayJob", "Deployment", "Service", "PersistentVolumeClaim", "PersistentVolumeClaim"]
-        + ["Secret"] * 4
+        ["RayCluster", "RayJob", "Deployment", "Service", "NetworkPolicy"]
+        + ["PersistentVolumeClaim"] * 2
+        + ["Secret"] * 6
     )
     for obj in kube_objects():
         assert obj.get("apiVersion") and obj.get("metadata", {}).get("name"), obj
@@ -182,7 +312,7 @@ def test_every_manifest_parses_with_the_expected_kinds():
 
 
 def test_one_image_everywhere_tagged_with_the_project_version():
-    version = re.search(r'^version = "([^"]+)"', (REPO / "pyproject.toml").read_text(), re.M).group(1)
+    version = found(r'^version = "([^"]+)"', (REPO / "pyproject.toml").read_text(), re.M)
     assert IMAGE.endswith(f"/frost:{version}"), f"deploy/image.txt {IMAGE} is not tagged {version}"
     assert image_problems(kube_objects(), ray_up(), IMAGE) == []
     images = [v for obj in kube_objects() for _, key, v in walk(obj) if key == "image"]
@@ -199,7 +329,7 @@ def test_dockerfile_installs_the_project_as_pyproject_pins_it():
     pyproject = (REPO / "pyproject.toml").read_text()
     assert re.search(r"^FROM python:3\.11-slim$", dockerfile, re.M)
     for package in ("torch", "torchvision"):
-        pin = re.search(rf'"{package}==([^"]+)"', pyproject).group(1)
+        pin = found(rf'"{package}==([^"]+)"', pyproject)
         assert f"{package}=={pin}" in dockerfile, f"the Dockerfile does not install {package}=={pin}"
     assert "pip install --no-deps ." in dockerfile
     assert not re.search(r"^ENTRYPOINT", dockerfile, re.M), "KubeRay and ray up set the container command"
@@ -366,7 +496,9 @@ def test_ray_pods_share_one_frost_home_on_the_shared_claim():
 
 
 def test_ray_up_config_is_valid_and_keeps_the_dashboard_on_loopback():
-    ray_dir = Path(importlib.util.find_spec("ray").submodule_search_locations[0])
+    ray_spec = importlib.util.find_spec("ray")
+    assert ray_spec is not None and ray_spec.submodule_search_locations
+    ray_dir = Path(ray_spec.submodule_search_locations[0])
     schema = json.loads((ray_dir / "autoscaler" / "ray-schema.json").read_text())
     jsonschema = pytest.importorskip("jsonschema")
     config = ray_up()
@@ -383,6 +515,167 @@ def test_ray_up_config_is_valid_and_keeps_the_dashboard_on_loopback():
     sources = list(config["file_mounts"].values())
     assert "~/.ray/auth_token" in sources, "the token comes from the operator's home, not the repository"
     assert "deploy/kuberay/secrets.yaml" in config["rsync_exclude"]
+
+
+# ------------------------------------------------------------------------------------------ security
+def mlflow_container() -> dict[str, Any]:
+    return the("Deployment")["spec"]["template"]["spec"]["containers"][0]
+
+
+def test_mlflow_network_policy_admits_only_the_sweeps_ray_pods():
+    assert network_policy_problems(kube_objects()) == []
+    policy = the("NetworkPolicy")
+    assert selector_matches(policy["spec"]["podSelector"], mlflow_pod_labels(kube_objects()))
+    for _, labels in ray_pod_labels():  # the policy selects MLflow, not the Ray pods it admits
+        assert not selector_matches(policy["spec"]["podSelector"], labels)
+
+
+def test_mlflow_requires_authentication_and_the_sweeps_have_credentials():
+    container = mlflow_container()
+    args = container["args"]
+    assert args[args.index("--app-name") + 1] == "basic-auth"
+    env = env_of(container)
+    for name, key in [
+        ("MLFLOW_AUTH_ADMIN_USERNAME", "admin_username"),
+        ("MLFLOW_AUTH_ADMIN_PASSWORD", "admin_password"),
+        ("MLFLOW_FLASK_SERVER_SECRET_KEY", "flask_secret_key"),
+    ]:
+        assert secret_ref(env[name]) == {"name": "frost-mlflow-auth", "key": key}, name
+    # The auth configuration (the user store's URI, with its password) is a file from the Secret.
+    config_path = Path(env["MLFLOW_AUTH_CONFIG_PATH"]["value"])
+    pod = the("Deployment")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    [mount] = [m for m in container["volumeMounts"] if config_path.parent == Path(m["mountPath"])]
+    secret_volume = volumes[mount["name"]]["secret"]
+    assert secret_volume["secretName"] == "frost-mlflow-auth"
+    assert {"key": "basic_auth.ini", "path": config_path.name} in secret_volume["items"]
+    assert secret_volume["defaultMode"] & 0o007 == 0, "the auth configuration is not for other users"
+    # The image has the auth app's dependencies (mlflow's `auth` extra).
+    assert any('extra == "auth"' in r for r in importlib.metadata.requires("mlflow") or [])
+    assert '"mlflow[auth]"' in (DEPLOY / "Dockerfile").read_text()
+    # Every Ray pod logs to MLflow as the (non-admin) sweep user.
+    for where, ray_container in ray_containers():
+        ray_env = env_of(ray_container)
+        assert secret_ref(ray_env["MLFLOW_TRACKING_USERNAME"]) == {
+            "name": "frost-mlflow-client",
+            "key": "username",
+        }
+        assert secret_ref(ray_env["MLFLOW_TRACKING_PASSWORD"]) == {
+            "name": "frost-mlflow-client",
+            "key": "password",
+        }
+        assert "MLFLOW_AUTH_ADMIN_PASSWORD" not in ray_env, where
+
+
+def test_mlflow_allowed_hosts_are_exact_names():
+    from mlflow.server.security_utils import is_allowed_host_header
+
+    args = mlflow_container()["args"]
+    hosts = args[args.index("--allowed-hosts") + 1].split(",")
+    assert allowed_hosts_problems(hosts) == []
+    service = the("Service")
+    in_namespace = f"{service['metadata']['name']}:{service['spec']['ports'][0]['port']}"
+    # MLflow's own matcher: the Service name and a port-forward pass, look-alike hosts do not.
+    for host in (in_namespace, "127.0.0.1:5000", "localhost:5000"):
+        assert is_allowed_host_header(hosts, host), host
+    for host in (
+        "frost-mlflow.evil.tld",
+        "frost-mlflow.evil.tld:5000",
+        "evil.tld",
+        "127.0.0.1:8080",
+        "10.0.0.7:5000",
+    ):
+        assert not is_allowed_host_header(hosts, host), host
+
+
+def test_no_sqlite_on_shared_storage():
+    shared = [shared_mount_path(), "/data"]
+    for path in sorted(DEPLOY.rglob("*")):
+        if not path.is_file() or "__pycache__" in path.parts:
+            continue
+        uris = SQLITE_URI.findall(path.read_text())
+        if path.suffix == ".yaml":  # the cluster manifests and ray up: PostgreSQL only
+            assert uris == [], f"{path.relative_to(REPO)}: SQLite store {uris}"
+        for uri_path in uris:
+            assert not any(uri_path.startswith(mount) for mount in shared), (
+                f"{path.name}: sqlite on {uri_path}"
+            )
+    # ray up's MLflow: PostgreSQL, its URI read from a file copied from the operator's machine.
+    config = ray_up()
+    [start] = [c for c in config["head_start_ray_commands"] if "mlflow-server.sh start" in c]
+    uri_file = found(r"--backend-store-uri-file (\S+)", start)
+    assert uri_file in config["file_mounts"], "the URI file comes from the operator's machine"
+    assert "postgresql+psycopg2://" in (DEPLOY / "ray-up.yaml").read_text()
+
+
+def test_mlflow_script_refuses_sqlite_on_a_network_file_system(tmp_path):
+    script = DEPLOY / "mlflow-server.sh"
+    kinds = "nfs nfs4 cifs smb3 ceph fuse.sshfs lustre ext4 xfs tmpfs overlay btrfs"
+    probe = f'. "{script}"; for t in {kinds}; do if is_network_fs "$t"; then echo "$t"; fi; done'
+    network = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    assert network == ["nfs", "nfs4", "cifs", "smb3", "ceph", "fuse.sshfs", "lustre"]
+    # On a local disk the check passes, and `prepare` runs it before any server starts.
+    local = subprocess.run(
+        [
+            "bash",
+            "-c",
+            f'. "{script}"; BACKEND_URI=sqlite:///{tmp_path}/mlflow.db; check_sqlite_is_local && echo ok',
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert local.stdout.strip() == "ok", local.stderr
+    code = script_code(script)
+    prepare = code[code.index("prepare() {") :]
+    assert prepare.index("check_sqlite_is_local") < prepare.index("}")
+
+
+def test_every_autoscaler_presents_the_ray_token():
+    for name, spec in cluster_specs():
+        assert spec["enableInTreeAutoscaling"] is True
+        assert autoscaler_token_problems(spec) == [], name
+    # ray up: the autoscaler runs in the head's container, which has the token file and RAY_AUTH_MODE=token.
+    config = ray_up()
+    assert "--env RAY_AUTH_MODE=token" in config["docker"]["run_options"]
+    assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+    assert "--autoscaling-config" in " ".join(config["head_start_ray_commands"])
+
+
+def test_no_database_password_on_a_command_line(tmp_path):
+    assert literal_secrets(kube_objects()) == []
+    assert command_line_passwords(ray_up_commands(ray_up())) == []
+    # The server gets its store URI through the environment, never its arguments.
+    code = script_code(DEPLOY / "mlflow-server.sh")
+    server = found(r"SERVER=\(([^)]*)\)", code)
+    assert "--backend-store-uri" not in server and "export MLFLOW_BACKEND_STORE_URI=" in code
+    secret = "pw-" + "x" * 12
+    with_password = f"postgresql+psycopg2://u:{secret}@db/m"
+    refused = mlflow_script("status", "--root", str(tmp_path), "--backend-store-uri", with_password)
+    assert refused.returncode != 0 and "holds a password" in refused.stderr
+    assert secret not in refused.stderr + refused.stdout, "the refusal must not print the password"
+    uri_file = tmp_path / "mlflow-db-uri"
+    uri_file.write_text(f"postgresql+psycopg2://u:{secret}@db/m\n")
+    uri_file.chmod(0o644)
+    status = ["status", "--root", str(tmp_path), "--backend-store-uri-file", str(uri_file)]
+    shared = mlflow_script(*status)
+    assert shared.returncode != 0 and "readable by others (mode 644)" in shared.stderr
+    uri_file.chmod(0o600)
+    private = mlflow_script(*status)
+    assert private.returncode == 0 and "not running" in private.stdout, private.stderr
+    assert secret not in private.stderr + private.stdout
+
+
+def test_shared_storage_is_writable_by_its_owner_only():
+    """Ray Tune unpickles its experiment state from the sweep's storage: nobody else may write it."""
+    modes = re.findall(r"chmod (0?[0-7]{3,4}) /mnt/frost\b", " ".join(ray_up()["initialization_commands"]))
+    assert modes and all(int(mode, 8) & 0o022 == 0 for mode in modes), modes
+    for name, spec in cluster_specs():
+        for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
+            security = pod_spec(group)["securityContext"]
+            assert security["runAsNonRoot"] and security["runAsUser"] == 1000, name
+    readme = (DEPLOY / "README.md").read_text()
+    assert "writable only by" in readme and "unpickles" in readme
+    assert "writable only by" in (KUBERAY / "pvc.yaml").read_text()
 
 
 # ------------------------------------------------------------------------------------------ scripts
@@ -407,7 +700,7 @@ def test_local_cluster_script_stays_on_loopback_and_stops_only_its_own():
     assert "--head" in code and '--address "127.0.0.1:$PORT"' in code and "--temp-dir" in code
     assert "0.0.0.0" not in code
     assert not re.search(r"\bray\s+stop\b|\bpkill\b|\bkillall\b", code)
-    assert re.search(r"^PORT=\$\{FROST_RAY_PORT:-(\d+)\}", code, re.M).group(1) != "6379"
+    assert found(r"^PORT=\$\{FROST_RAY_PORT:-(\d+)\}", code, re.M) != "6379"
     assert "RAY_AUTH_MODE=token" in code
 
 
@@ -420,6 +713,7 @@ def test_loopback_ray_keeps_127_0_0_1_as_the_node_address(monkeypatch):
     monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", ray_constants.ENABLE_RAY_CLUSTER)
     monkeypatch.setattr(sys, "dont_write_bytecode", True)  # leaves no deploy/__pycache__ behind
     spec = importlib.util.spec_from_file_location("loopback_ray", DEPLOY / "loopback_ray.py")
+    assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     module.pin_to_loopback()
@@ -445,24 +739,11 @@ def test_mlflow_script_binds_loopback_and_wants_the_psycopg2_driver(tmp_path):
     assert re.search(r"mlflow server --host 127\.0\.0\.1 --port", code)
     assert "--serve-artifacts" in code and "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false" in code
     assert "0.0.0.0" not in code and not re.search(r"\bpkill\b|\bkillall\b", code)
-    script = str(DEPLOY / "mlflow-server.sh")
-    bare = subprocess.run(
-        [
-            "bash",
-            script,
-            "status",
-            "--root",
-            str(tmp_path),
-            "--backend-store-uri",
-            "postgresql://u@127.0.0.1/db",
-        ],
-        capture_output=True,
-        text=True,
+    bare = mlflow_script(
+        "status", "--root", str(tmp_path), "--backend-store-uri", "postgresql://u@127.0.0.1/db"
     )
     assert bare.returncode != 0 and "postgresql+psycopg2://" in bare.stderr
-    status = subprocess.run(
-        ["bash", script, "status", "--root", str(tmp_path)], capture_output=True, text=True
-    )
+    status = mlflow_script("status", "--root", str(tmp_path))
     assert status.returncode == 0 and "not running" in status.stdout
 
 
@@ -506,6 +787,31 @@ def test_checkers_catch_what_they_guard_against():
         ),
     )
     assert literal_secrets(password_arg)
+    assert command_line_passwords(["mlflow server --backend-store-uri postgresql+psycopg2://u:pw@db/m"])
+    assert command_line_passwords(["PGPASSWORD=pw psql -h db"])
+
+    def open_ingress(objects: list[dict[str, Any]]) -> None:
+        policy = next(o for o in objects if o["kind"] == "NetworkPolicy")
+        policy["spec"]["ingress"][0]["from"].append({"ipBlock": {"cidr": "0.0.0.0/0"}})
+
+    objects = copy.deepcopy(kube_objects())
+    open_ingress(objects)
+    assert any("ipBlock" in p for p in network_policy_problems(objects))
+    loose = mutated(
+        "NetworkPolicy",
+        lambda p: p["spec"]["ingress"][0]["from"][0]["podSelector"].pop("matchExpressions"),
+    )
+    assert any("another frost pod" in p for p in network_policy_problems(loose))
+    assert network_policy_problems([o for o in kube_objects() if o["kind"] != "NetworkPolicy"]) == [
+        "no NetworkPolicy selects the MLflow pod"
+    ]
+    assert allowed_hosts_problems(["frost-mlflow", "frost-mlflow.*", "localhost:*"]) == [
+        "'frost-mlflow.*' is a pattern, not a host name",
+        "'localhost:*' is a pattern, not a host name",
+    ]
+    no_autoscaler_token = copy.deepcopy(the("RayCluster")["spec"])
+    no_autoscaler_token.pop("autoscalerOptions")
+    assert len(autoscaler_token_problems(no_autoscaler_token)) == 2
     filled = copy.deepcopy(load_documents(KUBERAY / "secrets.example.yaml"))
     filled[0]["stringData"]["auth_token"] = "0123abcd"
     assert placeholder_problems(filled)

@@ -23,8 +23,10 @@ from helpers import free_port, tiny_sweep
 from mlflow.tracking import MlflowClient
 
 from service.cli import main
-from service.jobs import connect, wait_for_job
+from service.jobs import auth_token, connect, wait_for_job
+from service.reach import TOKEN_HELP, check_reachable
 from service.tracking.uris import default_tracking_uri
+from trainers.errors import FrostError
 
 pytestmark = pytest.mark.integration
 
@@ -43,12 +45,19 @@ def frost(*argv: str) -> tuple[int, str, str]:
 
 
 @pytest.fixture(scope="module")
-def head():
+def head_ports() -> list[int]:
+    """The head's GCS, Jobs API and Ray client ports (free loopback ports, never 6379)."""
+    ports = [free_port() for _ in range(3)]
+    assert 6379 not in ports
+    return ports
+
+
+@pytest.fixture(scope="module")
+def head(head_ports):
     """A Ray head (2 CPUs, no workers) on 127.0.0.1 with token auth; its Jobs API address."""
     # Short: Ray's Unix socket paths under the state dir must stay under 107 characters.
     state = tempfile.mkdtemp(prefix="frj-", dir="/tmp")
-    ports = [free_port() for _ in range(3)]
-    assert 6379 not in ports
+    ports = head_ports
     args = ["--port", str(ports[0]), "--dashboard-port", str(ports[1]), "--client-port", str(ports[2])]
     args += ["--state-dir", state]
     # The job's entrypoint runs `python`: the venv's, as a head on a real cluster would have.
@@ -142,7 +151,9 @@ def test_stop_stops_a_running_sweep(head, tmp_path):
     summary = json.loads(logs.strip().splitlines()[-1])  # the driver still prints its summary, saying so
     assert summary["interrupted"] is True and "INTERRUPTED" in {t["state"] for t in summary["trials"]}
     client = MlflowClient(default_tracking_uri(tmp_path / "root"))
-    runs = client.search_runs([client.get_experiment_by_name("jobs-long").experiment_id])
+    experiment = client.get_experiment_by_name("jobs-long")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id])
     assert runs and {r.info.status for r in runs} == {"KILLED"}, [
         (r.info.run_name, r.info.status) for r in runs
     ]
@@ -165,3 +176,27 @@ def test_an_unreachable_head_is_a_user_error(tmp_path):
     assert code == 2 and "cannot reach the Ray Jobs API" in err and "Traceback" not in err
     code, _, err = frost("logs", "jobs-nowhere", "--address", "127.0.0.1:8265")
     assert code == 2 and "http(s)://HEAD:PORT" in err
+
+
+def test_a_wrong_token_is_refused_in_one_line(head, head_ports, monkeypatch):
+    """Jobs API (frost logs) and GCS (what `frost run --address` joins) both name the refused token."""
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "not-the-cluster-token")
+    started = time.monotonic()
+    code, out, err = frost("logs", "jobs-tiny", "--address", head)
+    assert time.monotonic() - started < 15
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert err == f"frost: the Ray cluster at {head} refused the token (from {TOKEN_HELP})\n"
+    gcs = f"127.0.0.1:{head_ports[0]}"
+    started = time.monotonic()
+    with pytest.raises(FrostError) as refused:
+        check_reachable(gcs, timeout=10)
+    assert time.monotonic() - started < 15
+    assert (
+        str(refused.value)
+        == f"the Ray cluster at {gcs} refused the token (from {TOKEN_HELP}): missing or wrong"
+    )
+    # The cluster's own token passes both checks.
+    monkeypatch.delenv("RAY_AUTH_TOKEN")
+    check_reachable(gcs, timeout=10)
+    check_reachable(head, timeout=10, token=auth_token())
