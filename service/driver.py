@@ -24,7 +24,7 @@ from service.live import LiveView
 from service.plots import plot_sweep
 from service.project import SPEC_FILE, check_same_spec, project_root, sweep_lock
 from service.results import FATE_STATE, SweepSummary, TrialRow, best_value
-from service.runtime import ray_logs_to, sigterm_stops_gracefully, start_ray
+from service.runtime import check_cluster, ray_logs_to, sigterm_stops_gracefully, start_ray
 from service.status import TRACKING_FILE, sweep_status
 from service.tracking.callback import MlflowTrackingCallback
 from service.tracking.uris import default_tracking_uri, embedded_artifact_root, mlflow_ui_command
@@ -61,6 +61,7 @@ def run_sweep(
 ) -> SweepSummary:
     """Run (or resume) a sweep to the end; returns its summary (`frost run --json` prints its JSON)."""
     configure_logging(verbose)
+    check_cluster(address)  # before anything is prepared: an unreachable cluster costs seconds, not minutes
     home = project_root(root)
     directory = sweep_dir(spec, home)
     directory.mkdir(parents=True, exist_ok=True)

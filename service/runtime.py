@@ -20,6 +20,19 @@ import ray
 log = logging.getLogger("frost")
 
 
+def check_cluster(address: str | None, timeout: float = 10.0) -> None:
+    """Fail fast, in one line, on a cluster that is not there or refuses our token: `ray.init` itself would
+    retry for minutes (docs/stack.md). Also warns before a token travels in clear to another host."""
+    if not address or address == "auto":
+        return
+    from service.jobs import auth_token, warn_token_in_clear
+    from service.reach import check_reachable
+
+    if auth_token():
+        warn_token_in_clear(address)
+    check_reachable(address, timeout)
+
+
 def start_ray(address: str | None, root: Path, verbose: bool = False) -> bool:
     """Connect to a cluster, or start the embedded runtime; False when this process already had Ray.
 

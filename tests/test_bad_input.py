@@ -5,6 +5,8 @@ Each case is run through the real command line (in-process); none may reach trai
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from service.cli import main
@@ -84,3 +86,15 @@ def test_root_naming_a_file(tmp_path, capsys, command):
 @pytest.mark.parametrize("command", ["status", "resume"])
 def test_sweep_names_that_are_paths(tmp_path, capsys, command, name):
     _assert_user_error(main([command, name, "--root", str(tmp_path)]), capsys, "sweep name")
+
+
+def test_an_unreachable_cluster_fails_at_once_before_anything_is_prepared(tmp_path, capsys):
+    import socket
+
+    with socket.socket() as probe:  # a loopback port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    spec = Path(__file__).resolve().parents[1] / "sweeps" / "catalog" / "smoke.yaml"
+    code = main(["run", str(spec), "--address", f"127.0.0.1:{port}", "--root", str(tmp_path)])
+    _assert_user_error(code, capsys, f"127.0.0.1:{port}")
+    assert not (tmp_path / "sweeps").exists()  # nothing prepared, nothing written
