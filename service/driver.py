@@ -16,7 +16,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import ray
 from ray import tune
 
 from service.console import configure_logging, print_summary
@@ -24,7 +23,7 @@ from service.live import LiveView
 from service.plots import plot_sweep
 from service.project import SPEC_FILE, check_same_spec, project_root, sweep_lock
 from service.results import FATE_STATE, SweepSummary, TrialRow, best_value
-from service.runtime import check_cluster, ray_logs_to, sigterm_stops_gracefully, start_ray
+from service.runtime import check_cluster, ray_logs_to, ray_session, sigterm_stops_gracefully
 from service.status import TRACKING_FILE, sweep_status
 from service.tracking.callback import MlflowTrackingCallback
 from service.tracking.uris import default_tracking_uri, embedded_artifact_root, mlflow_ui_command
@@ -79,13 +78,12 @@ def run_sweep(
 def _fit(spec: SweepSpec, home: Path, directory: Path, address: str | None, verbose: bool) -> SweepSummary:
     tracking_uri = spec.tracking.uri or default_tracking_uri(home)
     callback = tracking_callback(spec, directory, tracking_uri)
-    started = start_ray(address, home, verbose)
-    try:
-        with sigterm_stops_gracefully(), ray_logs_to(directory / "driver.log", verbose):
-            results = build_tuner(spec, home, callback, verbose).fit()
-    finally:
-        if started:
-            ray.shutdown()
+    with (
+        ray_session(address, home, verbose),
+        sigterm_stops_gracefully(),
+        ray_logs_to(directory / "driver.log", verbose),
+    ):
+        results = build_tuner(spec, home, callback, verbose).fit()
     summary = summarize(spec, results, directory, tracking_uri)
     plot = plot_sweep(directory, summary.metric, summary.mode, list(spec.search))
     if plot is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import signal
 import threading
 from collections.abc import Iterator
@@ -33,17 +34,58 @@ def check_cluster(address: str | None, timeout: float = 10.0) -> None:
     check_reachable(address, timeout)
 
 
-def start_ray(address: str | None, root: Path, verbose: bool = False) -> bool:
-    """Connect to a cluster, or start the embedded runtime; False when this process already had Ray.
+TOKEN_FILE = ".ray-auth-token"
+_AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_TOKEN")
+
+
+def project_token(root: Path) -> Path:
+    """The embedded runtime's Ray token: made once per project folder, readable by its owner only (Ray's own
+    default, ~/.ray/auth_token, is written world-readable)."""
+    path = root / TOKEN_FILE
+    if not path.exists():
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another driver made it meanwhile
+            pass
+        else:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_hex(32))
+    path.chmod(0o600)
+    return path
+
+
+def _reload_ray_auth() -> None:
+    # Ray caches the authentication mode and the token per process; an in-process restart with another
+    # project folder must see the new ones.
+    from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None, root: Path, verbose: bool = False) -> Iterator[None]:
+    """Connect to a cluster, or start the embedded runtime (token auth on, the token in the project folder),
+    and shut down what this process started. A process that already has Ray keeps it.
 
     Workers' output reaches this console only with `verbose` (it stays in Ray's session logs, and each
     trial's own lines in its `trial.log`)."""
     if ray.is_initialized():
-        return False
+        yield
+        return
     env = {"FROST_HOME": str(root)}
     if address:
         ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=verbose)
-    else:
+        try:
+            yield
+        finally:
+            ray.shutdown()
+        return
+    saved = {name: os.environ.get(name) for name in _AUTH_VARS}
+    os.environ.pop("RAY_AUTH_TOKEN", None)
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(project_token(root)))
+    _reload_ray_auth()
+    try:
         # address="local" always starts a new runtime: a bare ray.init() would attach to whatever cluster
         # `ray start` last recorded in /tmp/ray/ray_current_cluster, even a dead one, and hang (docs/stack.md).
         ray.init(
@@ -53,7 +95,17 @@ def start_ray(address: str | None, root: Path, verbose: bool = False) -> bool:
             _node_ip_address="127.0.0.1",
             log_to_driver=verbose,
         )
-    return True
+        try:
+            yield
+        finally:
+            ray.shutdown()
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        _reload_ray_auth()
 
 
 @contextlib.contextmanager
