@@ -21,7 +21,7 @@ from ray import tune
 from service.console import configure_logging, print_summary
 from service.live import LiveView
 from service.plots import plot_sweep
-from service.project import SPEC_FILE, check_same_spec, project_root, sweep_lock
+from service.project import SPEC_FILE, check_private, check_same_spec, project_root, sweep_lock
 from service.results import FATE_STATE, SweepSummary, TrialRow, best_value
 from service.runtime import check_cluster, ray_logs_to, ray_session, sigterm_stops_gracefully
 from service.status import TRACKING_FILE, sweep_status
@@ -63,6 +63,7 @@ def run_sweep(
     check_cluster(address)  # before anything is prepared: an unreachable cluster costs seconds, not minutes
     home = project_root(root)
     directory = sweep_dir(spec, home)
+    check_private(home, directory.parent, directory)
     directory.mkdir(parents=True, exist_ok=True)
     with sweep_lock(directory):
         check_same_spec(spec, directory, force)

@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import socket
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,6 +42,17 @@ def project_root(root: str | Path | None) -> Path:
         raise FrostError(f"--root: cannot create the project folder {path} ({exc.strerror})") from None
     os.environ["FROST_HOME"] = str(path)
     return path
+
+
+def check_private(*paths: Path) -> None:
+    """Refuse storage that every user may write: Ray Tune unpickles a sweep's experiment state from it on
+    restore, so whoever can write there can run code as the sweep's owner (docs/stack.md)."""
+    for path in paths:
+        if path.exists() and path.stat().st_mode & stat.S_IWOTH:
+            raise FrostError(
+                f"{path} is writable by every user: a sweep's storage must be writable only by its owner "
+                f"(Ray Tune unpickles its state from there); run `chmod o-w {path}`"
+            )
 
 
 def sweeps_dir(root: Path) -> Path:

@@ -98,3 +98,12 @@ def test_an_unreachable_cluster_fails_at_once_before_anything_is_prepared(tmp_pa
     code = main(["run", str(spec), "--address", f"127.0.0.1:{port}", "--root", str(tmp_path)])
     _assert_user_error(code, capsys, f"127.0.0.1:{port}")
     assert not (tmp_path / "sweeps").exists()  # nothing prepared, nothing written
+
+
+def test_storage_every_user_may_write_is_refused(tmp_path, capsys):
+    root = tmp_path / "root"
+    root.mkdir()
+    root.chmod(0o777)
+    spec = Path(__file__).resolve().parents[1] / "sweeps" / "catalog" / "smoke.yaml"
+    _assert_user_error(main(["run", str(spec), "--root", str(root)]), capsys, "writable by every user")
+    assert not (root / "sweeps").exists()
