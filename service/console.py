@@ -9,37 +9,14 @@ default: it goes to the sweep's log file (`sweeps/NAME/driver.log`) and `frost r
 from __future__ import annotations
 
 import logging
-import sys
-from typing import Any
 
 from service.results import SweepSummary
-
-log = logging.getLogger("frost")
-
-
-class _Stderr(logging.StreamHandler):
-    """Writes to whatever sys.stderr is at the time of the record (tests and the CLI swap it)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-
-    @property
-    def stream(self) -> Any:
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value: Any) -> None:
-        pass
+from trainers.logs import log
 
 
 def configure_logging(verbose: bool = False) -> None:
-    """Idempotent: one stderr handler on the `frost` logger, `frost: ` prefixed; DEBUG with --verbose."""
+    """The CLI's one call: DEBUG lines too with --verbose (the handler is trainers/logs.py's)."""
     log.setLevel(logging.DEBUG if verbose else logging.INFO)
-    if not any(isinstance(h, _Stderr) for h in log.handlers):
-        handler = _Stderr()
-        handler.setFormatter(logging.Formatter("frost: %(message)s"))
-        log.addHandler(handler)
-    log.propagate = False
 
 
 def print_summary(summary: SweepSummary, browse: str) -> None:

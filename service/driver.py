@@ -23,7 +23,7 @@ from service.live import LiveView
 from service.plots import plot_sweep
 from service.project import SPEC_FILE, check_private, check_same_spec, project_root, sweep_lock
 from service.results import FATE_STATE, SweepSummary, TrialRow, best_value
-from service.runtime import check_cluster, ray_logs_to, ray_session, sigterm_stops_gracefully
+from service.runtime import check_cluster, library_logs_to, ray_session, sigterm_stops_gracefully
 from service.status import TRACKING_FILE, sweep_status
 from service.tracking.callback import MlflowTrackingCallback
 from service.tracking.uris import default_tracking_uri, embedded_artifact_root, mlflow_ui_command
@@ -80,9 +80,9 @@ def _fit(spec: SweepSpec, home: Path, directory: Path, address: str | None, verb
     tracking_uri = spec.tracking.uri or default_tracking_uri(home)
     callback = tracking_callback(spec, directory, tracking_uri)
     with (
+        library_logs_to(directory / "driver.log", verbose),
         ray_session(address, home, verbose),
         sigterm_stops_gracefully(),
-        ray_logs_to(directory / "driver.log", verbose),
     ):
         results = build_tuner(spec, home, callback, verbose).fit()
     summary = summarize(spec, results, directory, tracking_uri)

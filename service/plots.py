@@ -32,8 +32,8 @@ def _label(config: dict[str, Any]) -> str:
     )
 
 
-def plot_sweep(directory: Path, metric: str, mode: str, searched: list[str]) -> Path | None:
-    """Write `<directory>/sweep.png`; None when no trial has reported an epoch yet."""
+def _curves(directory: Path, metric: str, mode: str, searched: list[str]) -> list[dict[str, Any]]:
+    """Each trial that has evaluated an epoch: its metric per epoch, best value and last evaluated record."""
     trials: list[dict[str, Any]] = []
     for trial_dir in trial_dirs(directory):
         try:
@@ -55,17 +55,21 @@ def plot_sweep(directory: Path, metric: str, mode: str, searched: list[str]) -> 
                 "last": evaluated[-1],
             }
         )
+    trials.sort(key=lambda t: t["best"], reverse=mode == "max")
+    return trials
+
+
+def plot_sweep(directory: Path, metric: str, mode: str, searched: list[str]) -> Path | None:
+    """Write `<directory>/sweep.png`; None when no trial has reported an epoch yet."""
+    trials = _curves(directory, metric, mode, searched)
     if not trials:
         return None
-
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
     from matplotlib.ticker import MaxNLocator
 
-    trials.sort(key=lambda t: t["best"], reverse=mode == "max")
     fig, (curves, tail) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [1, 1.3]})
     for trial in trials:
         colour = FREEZE_COLOURS.get(trial["freeze"], "#7f7f7f")
@@ -79,6 +83,17 @@ def plot_sweep(directory: Path, metric: str, mode: str, searched: list[str]) -> 
     curves.legend(title="backbone", loc="best")
     curves.grid(alpha=0.3)
     curves.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+    _draw_long_tail(tail, trials, metric)
+    fig.tight_layout()
+    path = directory / PLOT_FILE
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _draw_long_tail(tail: Any, trials: list[dict[str, Any]], metric: str) -> None:
+    from matplotlib.patches import Patch
 
     width = 0.8 / len(BUCKETS)
     hatches = {"AP_r": "", "AP_c": "//", "AP_f": ".."}
@@ -101,9 +116,3 @@ def plot_sweep(directory: Path, metric: str, mode: str, searched: list[str]) -> 
     )
     tail.legend(handles=handles, loc="best")
     tail.grid(axis="y", alpha=0.3)
-
-    fig.tight_layout()
-    path = directory / PLOT_FILE
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path

@@ -108,21 +108,30 @@ def ray_session(address: str | None, root: Path, verbose: bool = False) -> Itera
         _reload_ray_auth()
 
 
+# Libraries whose own console lines (Ray's, MLflow's database set-up) go to the sweep's log file by default.
+QUIET_LOGGERS = ("ray", "mlflow", "alembic")
+
+
 @contextlib.contextmanager
-def ray_logs_to(log_file: Path, verbose: bool) -> Iterator[None]:
-    """Ray's driver-side Python logging goes to `log_file` instead of the console (unless `verbose`)."""
+def library_logs_to(log_file: Path, verbose: bool) -> Iterator[None]:
+    """Ray's and MLflow's driver-side Python logging goes to `log_file` instead of the console (unless
+    `verbose`): the console is frost's (service/console.py)."""
     if verbose:
         yield
         return
-    ray_logger = logging.getLogger("ray")
-    saved = ray_logger.handlers[:]
     handler = logging.FileHandler(log_file)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    ray_logger.handlers = [handler]
+    saved = {}
+    for name in QUIET_LOGGERS:
+        logger = logging.getLogger(name)
+        saved[name] = (logger.handlers[:], logger.propagate)
+        logger.handlers, logger.propagate = [handler], False
     try:
         yield
     finally:
-        ray_logger.handlers = saved
+        for name, (handlers, propagate) in saved.items():
+            logger = logging.getLogger(name)
+            logger.handlers, logger.propagate = handlers, propagate
         handler.close()
 
 

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
-import sys
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -28,6 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from trainers.config import BACKBONES, apply_overrides, format_validation_error, frost_home
 from trainers.errors import FrostError, TrainingError
+from trainers.files import atomic_writer
+from trainers.logs import log
 from trainers.synth import COLOURS, GENERATOR_VERSION, SHAPES, TEXTURES, catalogue, file_lock, render_crop
 
 # The detectors' GeneralizedRCNNTransform normalises with these by default: pretrain with the same.
@@ -98,9 +98,7 @@ def ensure_classifier(spec: PretrainSpec) -> Path:
         return path
     with file_lock(path.with_suffix(".lock")):
         if not path.exists():
-            print(
-                f"frost: no cached {spec.backbone} classifier at {path}: pretraining it now", file=sys.stderr
-            )
+            log.info("no cached %s classifier at %s: pretraining it now", spec.backbone, path)
             pretrain_classifier(spec, path)
     return path
 
@@ -159,7 +157,40 @@ def accuracy(
 
 
 def _log(spec: PretrainSpec, message: str) -> None:
-    print(f"pretrain {spec.backbone}: {message}", file=sys.stderr, flush=True)
+    log.info("pretrain %s: %s", spec.backbone, message)
+
+
+def _train_epoch(
+    spec: PretrainSpec,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    loss_fn: torch.nn.Module,
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    generator: torch.Generator,
+    epoch: int,
+) -> list[float]:
+    """One pass over the crops in full batches (BatchNorm needs more than one sample); the losses."""
+    model.train()
+    batch_size = min(spec.batch_size, len(train_x))
+    steps = len(train_x) // batch_size
+    order = torch.randperm(len(train_x), generator=generator)
+    losses = []
+    for step in range(steps):
+        index = order[step * batch_size : (step + 1) * batch_size]
+        images = _normalise(_augment(train_x[index], spec.shift, generator))
+        loss = loss_fn(model(images), train_y[index])
+        if not math.isfinite(loss.item()):
+            raise TrainingError(f"pretraining diverged (loss {loss.item()}): lower lr (now {spec.lr})")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+        if (step + 1) % spec.log_every == 0:
+            _log(spec, f"epoch {epoch}/{spec.epochs} step {step + 1}/{steps} loss {loss.item():.3f}")
+    return losses
 
 
 def pretrain_classifier(spec: PretrainSpec, out: Path | None = None) -> Path:
@@ -186,25 +217,7 @@ def pretrain_classifier(spec: PretrainSpec, out: Path | None = None) -> Path:
     generator = torch.Generator().manual_seed(spec.seed)
     val_acc = 0.0
     for epoch in range(1, spec.epochs + 1):
-        model.train()
-        order = torch.randperm(len(train_x), generator=generator)
-        losses = []
-        for step in range(steps_per_epoch):
-            index = order[step * batch_size : (step + 1) * batch_size]
-            images = _normalise(_augment(train_x[index], spec.shift, generator))
-            loss = loss_fn(model(images), train_y[index])
-            if not math.isfinite(loss.item()):
-                raise TrainingError(f"pretraining diverged (loss {loss.item()}): lower lr (now {spec.lr})")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            losses.append(loss.item())
-            if (step + 1) % spec.log_every == 0:
-                _log(
-                    spec,
-                    f"epoch {epoch}/{spec.epochs} step {step + 1}/{steps_per_epoch} loss {loss.item():.3f}",
-                )
+        losses = _train_epoch(spec, model, optimizer, schedule, loss_fn, train_x, train_y, generator, epoch)
         val_acc = accuracy(model, val_x, val_y)
         _log(
             spec,
@@ -231,7 +244,5 @@ def pretrain_classifier(spec: PretrainSpec, out: Path | None = None) -> Path:
 
 
 def _save_atomically(checkpoint: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(checkpoint, tmp)
-    os.replace(tmp, path)
+    with atomic_writer(path) as fh:
+        torch.save(checkpoint, fh)
