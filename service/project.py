@@ -22,10 +22,13 @@ import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from sweeps.spec import SweepSpec, dump_sweep_spec, load_sweep_spec, spec_diff
 from trainers.errors import FrostError
 from trainers.files import try_file_lock
+
+if TYPE_CHECKING:  # `frost ls` needs no spec parsing: sweeps.spec (pydantic models) is imported where used
+    from sweeps.spec import SweepSpec
 
 SPEC_FILE = "frost-sweep.yaml"
 log = logging.getLogger("frost")
@@ -107,6 +110,8 @@ def check_same_spec(spec: SweepSpec, directory: Path, force: bool = False) -> No
     With `force`, the old sweep's folder is moved aside (kept whole, under `.replaced/` beside it; its MLflow
     runs stay, tagged with the old spec hash) and the new spec starts afresh under the name.
     """
+    from sweeps.spec import dump_sweep_spec, load_sweep_spec, spec_diff
+
     saved = directory / SPEC_FILE
     if saved.exists():
         previous = load_sweep_spec(saved)
