@@ -46,6 +46,25 @@ class SynthSpec(_Section):
     version: Literal[1] = Field(
         1, description="generator version: bumped when trainers/synth.py draws differently (new cache)"
     )
+    format: Literal["coco", "lvis"] = Field(
+        "coco",
+        description="lvis: the same images and boxes plus LVIS's per-image neg_category_ids / "
+        "not_exhaustive_category_ids, so evaluation is federated (docs/evaluation.md)",
+    )
+
+    def identity(self) -> dict[str, Any]:
+        """What names the generated data set (its cache folder, its summary.json `spec`).
+
+        The COCO format leaves `format` out, so data sets cached before the field existed stay valid.
+        """
+        return self.model_dump(exclude=self._not_identity())
+
+    def identity_json(self) -> str:
+        """`identity()` as pydantic's JSON (what the cache folder's name hashes)."""
+        return self.model_dump_json(exclude=self._not_identity())
+
+    def _not_identity(self) -> set[str] | None:
+        return {"format"} if self.format == "coco" else None
 
 
 class SplitSpec(_Section):
@@ -78,7 +97,7 @@ class DataSpec(_Section):
     def resolved_root(self) -> Path:
         if self.root:
             return Path(self.root).expanduser().resolve()
-        digest = hashlib.sha256(self.synth.model_dump_json().encode()).hexdigest()[:10]
+        digest = hashlib.sha256(self.synth.identity_json().encode()).hexdigest()[:10]
         return frost_home() / "data" / f"synth-{digest}"
 
 
@@ -176,6 +195,17 @@ class EvalSpec(_Section):
     batch_size: int = Field(16, ge=1)
     rare_max: int = Field(10, ge=1, description="classes in <= this many train images are rare")
     common_max: int = Field(100, ge=1, description="... <= this many are common; more are frequent")
+    protocol: Literal["auto", "coco", "lvis"] = Field(
+        "auto",
+        description="coco: COCOeval; lvis: LVIS's federated rules (docs/evaluation.md); auto: lvis when the "
+        "val images carry neg_category_ids / not_exhaustive_category_ids, else coco",
+    )
+    max_detections: int | None = Field(
+        None,
+        ge=1,
+        description="detections per image evaluated (and the detector's cap at least); null: 100 for coco, "
+        "300 for lvis",
+    )
 
     @model_validator(mode="after")
     def _buckets_ordered(self) -> EvalSpec:
