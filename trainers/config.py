@@ -231,6 +231,17 @@ class TrialSpec(_Section):
     def digest(self) -> str:
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]
 
+    def with_detection_cap(self, max_detections: int) -> TrialSpec:
+        """This spec with the detector allowed at least `max_detections` boxes per image.
+
+        An evaluation capped above what the model may output would measure the model's cap, not the
+        protocol's (LVIS evaluates 300 per image; heads.detections_per_image defaults to COCO's 100).
+        """
+        if self.heads.detections_per_image >= max_detections:
+            return self
+        heads = self.heads.model_copy(update={"detections_per_image": max_detections})
+        return self.model_copy(update={"heads": heads})
+
 
 def format_validation_error(error: ValidationError, prefix: str = "") -> str:
     """One line per error, each naming the dotted field path."""
