@@ -22,42 +22,23 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+from test_evaluate import FAR, LARGE, MEDIUM, SMALL, det, make_coco
 
 from trainers.errors import FrostError
 from trainers.evaluate import METRIC_KEYS, category_buckets, evaluate_detections, metric_keys
 from trainers.federated import resolve_protocol, top_per_image
 
-SMALL = [10.0, 10.0, 20.0, 20.0]
-MEDIUM = [40.0, 40.0, 50.0, 50.0]
-LARGE = [100.0, 100.0, 120.0, 120.0]
-FAR = [200.0, 10.0, 30.0, 30.0]  # overlaps none of the above
 LVIS_KEYS = metric_keys(300)
 
 
 def make_gt(annotations, frequency, lists=None, num_images=4) -> COCO:
-    """Images 1..num_images; annotations (image_id, category_id, bbox); categories with their `frequency`;
-    lists: image id -> (neg_category_ids, not_exhaustive_category_ids), LVIS format when given."""
-    images = []
-    for image_id in range(1, num_images + 1):
-        image = {"id": image_id, "width": 256, "height": 256, "file_name": f"{image_id}.png"}
-        if lists is not None:
-            negative, not_exhaustive = lists.get(image_id, ([], []))
-            image.update(neg_category_ids=list(negative), not_exhaustive_category_ids=list(not_exhaustive))
-        images.append(image)
-    anns = [
-        {"id": n, "image_id": i, "category_id": c, "bbox": list(b), "area": b[2] * b[3], "iscrowd": 0}
-        for n, (i, c, b) in enumerate(annotations, start=1)
-    ]
-    cats = [{"id": c, "name": f"class{c}", "frequency": f} for c, f in frequency.items()]
-    coco = COCO()
-    coco.dataset = {"images": images, "annotations": anns, "categories": cats}
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
+    """test_evaluate's in-memory COCO set, with categories' `frequency`; lists: image id ->
+    (neg_category_ids, not_exhaustive_category_ids), making it LVIS format when given."""
+    coco = make_coco(annotations, list(frequency), num_images=num_images, frequency=frequency)
+    for image in coco.dataset["images"] if lists is not None else []:  # coco.imgs holds the same dicts
+        negative, not_exhaustive = lists.get(image["id"], ([], []))
+        image.update(neg_category_ids=list(negative), not_exhaustive_category_ids=list(not_exhaustive))
     return coco
-
-
-def det(image_id, category_id, bbox, score):
-    return {"image_id": image_id, "category_id": category_id, "bbox": list(bbox), "score": score}
 
 
 def evaluate(gt, detections, **kwargs):
