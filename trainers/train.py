@@ -298,9 +298,8 @@ def run_trial(
     protocol = resolve_protocol(spec.eval.protocol, val_set.coco, val_set.annotation_file)
     max_detections = max_detections_of(protocol, spec.eval.max_detections)
 
-    model = build_detector(spec.with_detection_cap(max_detections), train_set.categories.num_classes).to(
-        device
-    )
+    model_spec = spec.with_detection_cap(max_detections)  # LVIS evaluates 300 per image: docs/evaluation.md
+    model = build_detector(model_spec, train_set.categories.num_classes).to(device)
     trainable, total = count_parameters(model)
     optimizer = build_optimizer(spec, model)
     steps_per_epoch = math.ceil(len(train_set) / spec.train.batch_size)
