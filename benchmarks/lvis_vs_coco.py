@@ -6,10 +6,13 @@ detections on the val split three ways:
 - coco @100: plain COCOeval, as frost scored every data set before LVIS support;
 - coco @300: the same with LVIS's detection budget, to separate the budget from the federated rules;
 - lvis @300: LVIS's federated rules (docs/evaluation.md).
-Also counts the detections the federated rules set aside: those of unverified (image, category) pairs and
-the unmatched ones of not-exhaustive pairs.
+Also counts the val detections by the kind of (image, category) pair they fall on: unverified (LVIS drops
+them), negative (false positives under both), not exhaustive (LVIS ignores the unmatched ones).
 
     FROST_HOME=/tmp/frost-bench python benchmarks/lvis_vs_coco.py [--epochs 4] [--image-size 64] [--limit-train 160]
+
+With --weights none the backbone trains from random initialisation (fine-tuned); with a classifier (builtin,
+or a checkpoint of `frost pretrain --out`) it stays frozen. Measured figures: docs/evaluation.md.
 """
 
 from __future__ import annotations
@@ -75,7 +78,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--limit-train", type=int, default=160, help="train images used (of 320)")
-    parser.add_argument("--weights", default="none", help="backbone.weights: none (default) or builtin")
+    parser.add_argument(
+        "--weights",
+        default="none",
+        help="backbone.weights: none (default), builtin, or a classifier checkpoint",
+    )
     args = parser.parse_args()
 
     spec = trial_spec(args)
