@@ -37,7 +37,10 @@ def _cmd_data_synth(args: argparse.Namespace) -> int:
     from trainers.synth import write_detection_dataset
 
     try:
-        spec = SynthSpec.model_validate(apply_overrides({}, args.set))
+        fields = apply_overrides({}, args.set)
+        if args.format:
+            fields["format"] = args.format
+        spec = SynthSpec.model_validate(fields)
     except ValidationError as exc:
         raise FrostError(format_validation_error(exc, prefix="synth.")) from None
     summary = write_detection_dataset(Path(args.out_dir), spec)
@@ -242,8 +245,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="datasets")
     data_sub = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
-    synth = data_sub.add_parser("synth", help="write the built-in long-tail COCO-format dataset")
+    synth = data_sub.add_parser("synth", help="write the built-in long-tail dataset (COCO or LVIS format)")
     synth.add_argument("out_dir")
+    synth.add_argument(
+        "--format",
+        choices=("coco", "lvis"),
+        help="lvis: the same images plus LVIS's per-image neg_category_ids / not_exhaustive_category_ids "
+        "(default: coco, or the format given with --set)",
+    )
     overrides(synth)
     synth.set_defaults(func=_cmd_data_synth)
 

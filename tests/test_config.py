@@ -63,3 +63,21 @@ def test_missing_file_is_a_user_error(tmp_path):
 def test_coco_source_needs_a_root():
     with pytest.raises(FrostError, match="data.root is required"):
         load_trial_spec(None, ["data.source=coco"])
+
+
+def test_detection_cap_is_raised_to_the_evaluations_never_lowered():
+    spec = TrialSpec()
+    assert spec.heads.detections_per_image == 100  # COCO's cap
+    assert spec.with_detection_cap(300).heads.detections_per_image == 300  # LVIS evaluates 300 per image
+    assert spec.with_detection_cap(100) is spec
+    roomy = TrialSpec.model_validate({"heads": {"detections_per_image": 500}})
+    assert roomy.with_detection_cap(300).heads.detections_per_image == 500
+    assert spec.heads.detections_per_image == 100  # a copy: the trial's own spec is unchanged
+
+
+def test_eval_protocol_fields():
+    assert (TrialSpec().eval.protocol, TrialSpec().eval.max_detections) == ("auto", None)
+    with pytest.raises(FrostError, match="eval.protocol"):
+        load_trial_spec(overrides=["eval.protocol=voc"])
+    with pytest.raises(FrostError, match="data.synth.format"):
+        load_trial_spec(overrides=["data.synth.format=yolo"])

@@ -4,9 +4,11 @@ import pytest
 import torch
 from PIL import Image
 
-from trainers.config import SplitSpec
-from trainers.data import CocoDetection, hflip
+from trainers.config import DataSpec, SplitSpec
+from trainers.data import CocoDetection, hflip, load_datasets
 from trainers.errors import FrostError
+from trainers.evaluate import category_buckets, train_image_counts
+from trainers.federated import resolve_protocol
 
 
 def write_coco(root, annotations, images=None, categories=None, modes=("RGB", "L", "RGBA")):
@@ -117,3 +119,42 @@ def test_hflip_mirrors_boxes():
     flipped, target = hflip(image, {"boxes": torch.tensor([[0.0, 1.0, 5.0, 4.0]])})
     assert target["boxes"].tolist() == [[15.0, 1.0, 20.0, 4.0]]
     assert flipped[:, :, 15:].float().mean() == 255
+
+
+def test_lvis_format_training_set(tmp_path, capsys):
+    """LVIS-format data trains: a category in no training image keeps its label, `frequency` sets the
+    buckets, and a training image whose every annotation is ignored (here: a crowd region) is skipped and
+    counted; the val split keeps it (LVIS evaluation scores negatives there)."""
+    categories = [
+        {"id": 3, "name": "cat3", "frequency": "f"},
+        {"id": 7, "name": "cat7", "frequency": "c"},
+        {"id": 42, "name": "cat42", "frequency": "r"},  # in no training image
+    ]
+    crowd_only = {
+        "id": 12,
+        "image_id": 2,
+        "category_id": 3,
+        "bbox": [0, 0, 64, 48],
+        "area": 3072,
+        "iscrowd": 1,
+    }
+    images = [
+        {"id": i, "file_name": f"{i}.png", "width": 64, "height": 48, "neg_category_ids": [42],
+         "not_exhaustive_category_ids": []}
+        for i in (1, 2, 5)
+    ]  # fmt: skip
+    split = write_coco(tmp_path, [GOOD[0], crowd_only], images=images, categories=categories)
+    data = DataSpec(source="coco", root=str(tmp_path), train=split, val=split)
+    train, val = load_datasets(data)
+    assert train.image_ids == [1, 5] and val.image_ids == [1, 2, 5]
+    assert "skipped 1 image(s) whose annotations are all ignored" in capsys.readouterr().err
+    assert train.categories.category_ids == (3, 7, 42) and train.categories.label(42) == 3
+    assert category_buckets(train.coco) == {3: "f", 7: "c", 42: "r"}
+    assert train_image_counts(train.coco) == {3: 0, 7: 1, 42: 0}
+    assert resolve_protocol("auto", val.coco) == "lvis"
+    # The rule is the same for COCO-format data; an image with a crowd region and a box keeps its box.
+    coco_split = write_coco(tmp_path / "coco", GOOD)
+    train, _ = load_datasets(
+        DataSpec(source="coco", root=str(tmp_path / "coco"), train=coco_split, val=coco_split)
+    )
+    assert train.image_ids == [1, 2, 5]  # image 2 also holds a non-crowd box: kept

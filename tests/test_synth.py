@@ -11,14 +11,9 @@ from pycocotools.coco import COCO
 from service.cli import main
 from trainers.config import DataSpec, SynthSpec
 from trainers.errors import FrostError
-from trainers.synth import (
-    catalogue,
-    detection_classes,
-    ensure_synth_dataset,
-    render_crop,
-    render_scene,
-    write_detection_dataset,
-)
+from trainers.synth import ensure_synth_dataset, write_detection_dataset
+from trainers.synth_kinds import catalogue, detection_classes
+from trainers.synth_render import render_crop, render_scene
 
 SMALL = SynthSpec(train_images=24, val_images=8, classes=6)
 
@@ -164,3 +159,52 @@ def test_objects_fit_even_in_small_images():
         _, boxes = render_scene(rng, 32, list(kinds[:4]), [kinds[100]])
         for x0, y0, x1, y1 in boxes:
             assert 0 <= x0 < x1 <= 32 and 0 <= y0 < y1 <= 32
+
+
+def test_lvis_format_adds_true_verification_lists_to_the_same_images(tmp_path, capsys):
+    args = [
+        "--set",
+        "train_images=12",
+        "--set",
+        "val_images=6",
+        "--set",
+        "classes=6",
+        "--set",
+        "image_size=64",
+    ]
+    assert main(["data", "synth", str(tmp_path / "coco"), *args]) == 0
+    assert main(["data", "synth", str(tmp_path / "lvis"), "--format", "lvis", *args]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["format"] == "lvis" and summary["spec"]["format"] == "lvis"
+    coco_tree, lvis_tree = tree(tmp_path / "coco"), tree(tmp_path / "lvis")
+    assert {k: v for k, v in coco_tree.items() if k.startswith("images/")} == {
+        k: v for k, v in lvis_tree.items() if k.startswith("images/")
+    }
+    counts = {"negative": 0, "unverified": 0, "not_exhaustive": 0}
+    for split in ("train", "val"):
+        coco = json.loads((tmp_path / "coco" / "annotations" / f"{split}.json").read_text())
+        lvis = json.loads((tmp_path / "lvis" / "annotations" / f"{split}.json").read_text())
+        assert lvis["annotations"] == coco["annotations"] and lvis["categories"] == coco["categories"]
+        present: dict[int, set[int]] = {image["id"]: set() for image in lvis["images"]}
+        for ann in lvis["annotations"]:
+            present[ann["image_id"]].add(ann["category_id"])
+        for image, plain in zip(lvis["images"], coco["images"]):
+            assert {k: v for k, v in image.items() if k in plain} == plain
+            negative, not_exhaustive = (
+                set(image["neg_category_ids"]),
+                set(image["not_exhaustive_category_ids"]),
+            )
+            assert not negative & present[image["id"]] and not_exhaustive <= present[image["id"]]
+            counts["negative"] += len(negative)
+            counts["unverified"] += 6 - len(present[image["id"]]) - len(negative)
+            counts["not_exhaustive"] += len(not_exhaustive)
+    assert min(counts.values()) > 0, counts  # every kind of (image, category) pair occurs
+
+
+def test_cache_identity_of_the_coco_format_is_unchanged():
+    # The folder name hashes the generator settings; `format` joined them later and is left out for COCO,
+    # so data sets cached before it are reused (this is the name the default had then).
+    assert DataSpec().resolved_root().name == "synth-6e766c1e2d"
+    lvis = DataSpec(synth=SynthSpec(format="lvis"))
+    assert lvis.resolved_root() != DataSpec().resolved_root() and lvis.synth.identity()["format"] == "lvis"
+    assert "format" not in SynthSpec().identity()

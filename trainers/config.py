@@ -47,6 +47,25 @@ class SynthSpec(_Section):
     version: Literal[1] = Field(
         1, description="generator version: bumped when trainers/synth.py draws differently (new cache)"
     )
+    format: Literal["coco", "lvis"] = Field(
+        "coco",
+        description="lvis: the same images and boxes plus LVIS's per-image neg_category_ids / "
+        "not_exhaustive_category_ids, so evaluation is federated (docs/evaluation.md)",
+    )
+
+    def identity(self) -> dict[str, Any]:
+        """What names the generated data set (its cache folder, its summary.json `spec`).
+
+        The COCO format leaves `format` out, so data sets cached before the field existed stay valid.
+        """
+        return self.model_dump(exclude=self._not_identity())
+
+    def identity_json(self) -> str:
+        """`identity()` as pydantic's JSON (what the cache folder's name hashes)."""
+        return self.model_dump_json(exclude=self._not_identity())
+
+    def _not_identity(self) -> set[str] | None:
+        return {"format"} if self.format == "coco" else None
 
 
 class SplitSpec(_Section):
@@ -79,7 +98,7 @@ class DataSpec(_Section):
     def resolved_root(self) -> Path:
         if self.root:
             return Path(self.root).expanduser().resolve()
-        digest = hashlib.sha256(self.synth.model_dump_json().encode()).hexdigest()[:10]
+        digest = hashlib.sha256(self.synth.identity_json().encode()).hexdigest()[:10]
         return frost_home() / "data" / f"synth-{digest}"
 
 
@@ -177,6 +196,17 @@ class EvalSpec(_Section):
     batch_size: int = Field(16, ge=1)
     rare_max: int = Field(10, ge=1, description="classes in <= this many train images are rare")
     common_max: int = Field(100, ge=1, description="... <= this many are common; more are frequent")
+    protocol: Literal["auto", "coco", "lvis"] = Field(
+        "auto",
+        description="coco: COCOeval; lvis: LVIS's federated rules (docs/evaluation.md); auto: lvis when the "
+        "val images carry neg_category_ids / not_exhaustive_category_ids, else coco",
+    )
+    max_detections: int | None = Field(
+        None,
+        ge=1,
+        description="detections per image evaluated (and the detector's cap at least); null: 100 for coco, "
+        "300 for lvis",
+    )
 
     @model_validator(mode="after")
     def _buckets_ordered(self) -> EvalSpec:
@@ -201,6 +231,17 @@ class TrialSpec(_Section):
 
     def digest(self) -> str:
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]
+
+    def with_detection_cap(self, max_detections: int) -> TrialSpec:
+        """This spec with the detector allowed at least `max_detections` boxes per image.
+
+        An evaluation capped above what the model may output would measure the model's cap, not the
+        protocol's (LVIS evaluates 300 per image; heads.detections_per_image defaults to COCO's 100).
+        """
+        if self.heads.detections_per_image >= max_detections:
+            return self
+        heads = self.heads.model_copy(update={"detections_per_image": max_detections})
+        return self.model_copy(update={"heads": heads})
 
 
 def format_validation_error(error: ValidationError, prefix: str = "") -> str:

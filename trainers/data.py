@@ -84,6 +84,7 @@ class CocoDetection(Dataset):
         drop_invalid_boxes: bool = False,
         limit: int | None = None,
         categories: CategoryMap | None = None,
+        skip_all_ignored: bool = False,
     ) -> None:
         self.annotation_file = _resolve(root, split.annotations)
         self.image_dir = _resolve(root, split.images)
@@ -98,6 +99,27 @@ class CocoDetection(Dataset):
             print(
                 f"frost: {self.annotation_file}: dropped {self.dropped_boxes} invalid box(es) "
                 "(data.drop_invalid_boxes=true)",
+                file=sys.stderr,
+            )
+        if skip_all_ignored:
+            self._skip_all_ignored()
+
+    def _skip_all_ignored(self) -> None:
+        """Leave out images that hold objects but no training box (every annotation crowd or dropped).
+
+        Trained as they are, their objects would be taught as background. Images without annotations stay:
+        under COCO they are true negatives. LVIS evaluation still sees them (this is the train split).
+        """
+        skipped = {
+            image_id
+            for image_id in self.image_ids
+            if self.coco.imgToAnns.get(image_id) and len(self._targets[image_id]["labels"]) == 0
+        }
+        if skipped:
+            self.image_ids = [image_id for image_id in self.image_ids if image_id not in skipped]
+            print(
+                f"frost: {self.annotation_file}: skipped {len(skipped)} image(s) whose annotations are all "
+                "ignored (crowd regions or dropped invalid boxes)",
                 file=sys.stderr,
             )
 
@@ -184,7 +206,7 @@ def load_datasets(data: DataSpec) -> tuple[CocoDetection, CocoDetection]:
         root = data.resolved_root()
         if not root.is_dir():
             raise FrostError(f"data.root: {root} is not a directory")
-    train = CocoDetection(data.train, root, data.drop_invalid_boxes, data.limit_train)
+    train = CocoDetection(data.train, root, data.drop_invalid_boxes, data.limit_train, skip_all_ignored=True)
     val = CocoDetection(data.val, root, data.drop_invalid_boxes, data.limit_val, categories=train.categories)
     unknown = set(val.coco.cats) - set(train.categories.category_ids)
     if unknown:

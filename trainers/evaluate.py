@@ -12,6 +12,9 @@ Conventions (all floats in 0..1, or -1.0):
   where COCOeval would say -1 anyway.
 - Buckets follow LVIS: classes in 1-10 training images are rare, 11-100 common, > 100 frequent (thresholds
   configurable); a class in no training image counts as rare. A category's LVIS `frequency` field wins.
+- Two protocols (docs/evaluation.md): `coco`, plain COCOeval as always, and `lvis`, LVIS's federated rules
+  (trainers/federated.py) for annotations with per-image `neg_category_ids` / `not_exhaustive_category_ids`;
+  `auto` picks by those fields. The recall key names the per-image cap: AR100 for COCO, AR300 for LVIS.
 """
 
 from __future__ import annotations
@@ -32,21 +35,30 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from trainers.errors import FrostError
+from trainers.federated import FederatedCOCOeval, max_detections_of, resolve_protocol, top_per_image
 
 BUCKETS = ("r", "c", "f")
-METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100", "AP_r", "AP_c", "AP_f")
 PER_CLASS_KEYS = ("category_id", "name", "AP", "AP50", "train_images", "bucket", "val_instances")
-# Positions in COCOeval.stats after summarize() for iouType "bbox" with its standard params.
-_STATS_INDEX = {"AP": 0, "AP50": 1, "AP75": 2, "APs": 3, "APm": 4, "APl": 5, "AR100": 8}
+
+
+def metric_keys(max_detections: int = 100) -> tuple[str, ...]:
+    """The metrics of an evaluation capped at `max_detections` per image, in order."""
+    return ("AP", "AP50", "AP75", "APs", "APm", "APl", f"AR{max_detections}", "AP_r", "AP_c", "AP_f")
+
+
+METRIC_KEYS = metric_keys(100)
 _DETECTION_KEYS = ("image_id", "category_id", "bbox", "score")
 
 
 @dataclass
 class EvalResult:
-    """`metrics`: the keys of METRIC_KEYS. `per_class`: one dict (PER_CLASS_KEYS) per category, by id."""
+    """`metrics`: the keys of metric_keys(max_detections). `per_class`: one dict (PER_CLASS_KEYS) per
+    category, by id. `protocol`: coco or lvis, as evaluated."""
 
     metrics: dict[str, float]
     per_class: list[dict[str, Any]] = field(default_factory=list)
+    protocol: str = "coco"
+    max_detections: int = 100
 
 
 # --------------------------------------------------------------------------------------------- buckets
@@ -99,29 +111,74 @@ def evaluate_detections(
     buckets: dict[int, str],
     train_counts: dict[int, int] | None = None,
     image_ids: Iterable[int] | None = None,
+    protocol: str = "auto",
+    max_detections: int | None = None,
 ) -> EvalResult:
-    """COCO box metrics, per-class AP and AP per long-tail bucket. Prints nothing.
+    """Box metrics, per-class AP and AP per long-tail bucket, by the COCO or the LVIS protocol. Prints nothing.
 
     detections: COCO results format (image_id, category_id as the dataset's ids, bbox [x, y, w, h],
     score); not modified. image_ids: the images evaluated, default all of coco_gt's (also those without
-    annotations, where every detection is a false positive). A category missing from `buckets` counts as
-    rare (it has no training images); `train_images` is None without `train_counts`.
+    annotations, where every detection is a false positive under COCO). A category missing from `buckets`
+    counts as rare (it has no training images); `train_images` is None without `train_counts`.
+    protocol: auto | coco | lvis (module docstring); max_detections: per image, default 100 (COCO) or
+    300 (LVIS).
     """
     image_ids = sorted(int(i) for i in (coco_gt.getImgIds() if image_ids is None else image_ids))
     _check_detections(coco_gt, detections, image_ids)
+    protocol = resolve_protocol(protocol, coco_gt)
+    cap = max_detections_of(protocol, max_detections)
     _fill_box_defaults(coco_gt)
-    coco_eval = COCOeval(coco_gt, _results_coco(coco_gt, detections), iouType="bbox")
+    if protocol == "lvis":
+        coco_eval = FederatedCOCOeval(coco_gt, _results_coco(coco_gt, top_per_image(detections, cap)), "bbox")
+    else:
+        coco_eval = COCOeval(coco_gt, _results_coco(coco_gt, detections), iouType="bbox")
     coco_eval.params.imgIds = image_ids
+    coco_eval.params.maxDets = [cap]
     with _quiet():
         coco_eval.evaluate()
         coco_eval.accumulate()
-        coco_eval.summarize()
 
-    metrics = {key: float(coco_eval.stats[index]) for key, index in _STATS_INDEX.items()}
+    metrics = summary_metrics(coco_eval)
     per_class = _per_class_rows(coco_gt, coco_eval, buckets, train_counts, image_ids)
     for bucket in BUCKETS:
         metrics[f"AP_{bucket}"] = bucket_mean(per_class, bucket)
-    return EvalResult(metrics={key: metrics[key] for key in METRIC_KEYS}, per_class=per_class)
+    return EvalResult(
+        metrics={key: metrics[key] for key in metric_keys(cap)},
+        per_class=per_class,
+        protocol=protocol,
+        max_detections=cap,
+    )
+
+
+def summary_metrics(coco_eval: COCOeval) -> dict[str, float]:
+    """AP, AP50, AP75, APs/m/l and AR at the cap (keyed AR<cap>) from an accumulated COCOeval.
+
+    What COCOeval.summarize() computes (the mean of the entries > -1 of the same slices, in the same order,
+    so COCO's numbers are bit-identical), read here because summarize() reads AP at maxDets 100 whatever
+    params.maxDets says: LVIS's cap of 300 would give -1.
+    """
+    params = coco_eval.params
+    precision = coco_eval.eval["precision"]  # T x R x K x A x M
+    recall = coco_eval.eval["recall"]  # T x K x A x M
+    cap = len(params.maxDets) - 1
+    area = {label: params.areaRngLbl.index(label) for label in ("all", "small", "medium", "large")}
+
+    def iou(threshold: float) -> int:
+        return int(np.flatnonzero(np.isclose(params.iouThrs, threshold))[0])
+
+    def mean(values: np.ndarray) -> float:
+        values = values[values > -1]
+        return float(np.mean(values)) if values.size else -1.0
+
+    return {
+        "AP": mean(precision[:, :, :, area["all"], cap]),
+        "AP50": mean(precision[iou(0.5), :, :, area["all"], cap]),
+        "AP75": mean(precision[iou(0.75), :, :, area["all"], cap]),
+        "APs": mean(precision[:, :, :, area["small"], cap]),
+        "APm": mean(precision[:, :, :, area["medium"], cap]),
+        "APl": mean(precision[:, :, :, area["large"], cap]),
+        f"AR{params.maxDets[cap]}": mean(recall[:, :, area["all"], cap]),
+    }
 
 
 def class_ap(precision: np.ndarray, k: int, area: int, max_dets: int, iou: int | None = None) -> float:
@@ -150,7 +207,7 @@ def _per_class_rows(
     params = coco_eval.params
     precision = coco_eval.eval["precision"]
     area_all = params.areaRngLbl.index("all")
-    max_dets = params.maxDets.index(100)
+    max_dets = len(params.maxDets) - 1  # the cap
     iou50 = int(np.flatnonzero(np.isclose(params.iouThrs, 0.5))[0])
     instances = _val_instances(coco_gt, image_ids)
     rows = []

@@ -26,9 +26,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from trainers.config import BACKBONES, apply_overrides, format_validation_error, frost_home
 from trainers.errors import FrostError, TrainingError
-from trainers.files import atomic_writer
+from trainers.files import atomic_writer, file_lock
 from trainers.logs import log
-from trainers.synth import COLOURS, GENERATOR_VERSION, SHAPES, TEXTURES, catalogue, file_lock, render_crop
+from trainers.synth import GENERATOR_VERSION
+from trainers.synth_kinds import COLOURS, SHAPES, TEXTURES, catalogue
+from trainers.synth_render import render_crop
 
 # The detectors' GeneralizedRCNNTransform normalises with these by default: pretrain with the same.
 IMAGE_MEAN = (0.485, 0.456, 0.406)

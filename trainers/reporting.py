@@ -14,7 +14,9 @@ from typing import Any, Protocol
 
 # Metric names every epoch's report carries (evaluation keys are present on evaluated epochs; the
 # loop evaluates the last epoch always). Sweeps validate their scheduler metric against this list.
-EVAL_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100", "AP_r", "AP_c", "AP_f")
+# AR<cap> names the per-image detection cap: AR100 under the COCO protocol, AR300 under LVIS
+# (docs/evaluation.md); an evaluated epoch carries one of the two.
+EVAL_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100", "AR300", "AP_r", "AP_c", "AP_f")
 TRAIN_METRICS = (
     "epoch",
     "loss",

@@ -28,6 +28,7 @@ from trainers.config import TrialSpec, dump_trial_spec
 from trainers.data import CocoDetection, collate, hflip, load_datasets
 from trainers.errors import FrostError, TrainingError
 from trainers.evaluate import category_buckets, evaluate_detections, train_image_counts, write_eval_files
+from trainers.federated import max_detections_of, resolve_protocol
 from trainers.models import build_detector, count_parameters
 from trainers.reporting import JsonLinesReporter, Reporter
 
@@ -158,8 +159,9 @@ def train_one_epoch(
     gen = epoch_generator(spec.seed, epoch)
     order = torch.randperm(len(dataset), generator=gen).tolist()
     flips = (torch.rand(len(dataset), generator=gen) < spec.input.hflip).tolist()
-    batches = DataLoader(
-        [(i, flips[n]) for n, i in enumerate(order)],
+    # A list is a map-style dataset (__getitem__, __len__), which torch's annotations do not model.
+    batches: DataLoader[tuple[int, bool]] = DataLoader(
+        [(i, flips[n]) for n, i in enumerate(order)],  # type: ignore[arg-type]
         batch_size=spec.train.batch_size,
         collate_fn=lambda items: _load_batch(dataset, items),
         num_workers=spec.train.workers,
@@ -223,8 +225,8 @@ def predict(
 ) -> list[dict[str, Any]]:
     """Detections on a split in COCO results format (dataset category ids, xywh boxes)."""
     model.eval()
-    loader = DataLoader(
-        range(len(dataset)),
+    loader: DataLoader[int] = DataLoader(
+        range(len(dataset)),  # type: ignore[arg-type]  # a map-style dataset, as above
         batch_size=spec.eval.batch_size,
         collate_fn=lambda idx: collate([dataset[i] for i in idx]),
         num_workers=spec.train.workers,
@@ -291,8 +293,11 @@ def run_trial(
         raise FrostError(f"{train_set.annotation_file}: no training images")
     buckets = category_buckets(train_set.coco, spec.eval.rare_max, spec.eval.common_max)
     counts = train_image_counts(train_set.coco)
+    protocol = resolve_protocol(spec.eval.protocol, val_set.coco, val_set.annotation_file)
+    max_detections = max_detections_of(protocol, spec.eval.max_detections)
 
-    model = build_detector(spec, train_set.categories.num_classes).to(device)
+    model_spec = spec.with_detection_cap(max_detections)  # LVIS evaluates 300 per image: docs/evaluation.md
+    model = build_detector(model_spec, train_set.categories.num_classes).to(device)
     trainable, total = count_parameters(model)
     optimizer = build_optimizer(spec, model)
     steps_per_epoch = math.ceil(len(train_set) / spec.train.batch_size)
@@ -318,7 +323,7 @@ def run_trial(
     log(
         f"trial: {spec.detector} {spec.backbone.name} freeze={spec.backbone.freeze} on {device}; "
         f"{len(train_set)} train / {len(val_set)} val images, {train_set.categories.num_classes} classes; "
-        f"{trainable:,} of {total:,} parameters trainable"
+        f"{trainable:,} of {total:,} parameters trainable; {protocol} evaluation, {max_detections} per image"
     )
 
     if device.type == "cuda":
@@ -336,7 +341,7 @@ def run_trial(
         if epoch % spec.eval.every == 0 or epoch == spec.train.epochs:
             detections = predict(spec, model, val_set, device)
             result = evaluate_detections(
-                val_set.coco, detections, buckets, counts, image_ids=val_set.image_ids
+                val_set.coco, detections, buckets, counts, val_set.image_ids, protocol, max_detections
             )
             write_eval_files(result, detections, out_dir / "eval" / f"epoch-{epoch:04d}")
             metrics.update(result.metrics)
