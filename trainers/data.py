@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from torchvision.transforms.functional import pil_to_tensor
 
 from trainers.config import DataSpec, SplitSpec
 from trainers.errors import FrostError
+from trainers.logs import log
 
 # Boxes may overhang the image by this many pixels (rounding in real annotation tools) before they are invalid.
 _EDGE_TOLERANCE = 1.0
@@ -96,10 +96,10 @@ class CocoDetection(Dataset):
             image_id: self._check_image(image_id, drop_invalid_boxes) for image_id in self.image_ids
         }
         if self.dropped_boxes:
-            print(
-                f"frost: {self.annotation_file}: dropped {self.dropped_boxes} invalid box(es) "
-                "(data.drop_invalid_boxes=true)",
-                file=sys.stderr,
+            log.info(
+                "%s: dropped %d invalid box(es) (data.drop_invalid_boxes=true)",
+                self.annotation_file,
+                self.dropped_boxes,
             )
         if skip_all_ignored:
             self._skip_all_ignored()
@@ -117,10 +117,10 @@ class CocoDetection(Dataset):
         }
         if skipped:
             self.image_ids = [image_id for image_id in self.image_ids if image_id not in skipped]
-            print(
-                f"frost: {self.annotation_file}: skipped {len(skipped)} image(s) whose annotations are all "
-                "ignored (crowd regions or dropped invalid boxes)",
-                file=sys.stderr,
+            log.info(
+                "%s: skipped %d image(s) whose annotations are all ignored (crowd regions or dropped invalid boxes)",
+                self.annotation_file,
+                len(skipped),
             )
 
     def _check_image(self, image_id: int, drop_invalid: bool) -> dict[str, torch.Tensor]:

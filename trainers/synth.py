@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -27,6 +26,7 @@ from PIL import Image
 from trainers.config import DataSpec, SynthSpec
 from trainers.errors import FrostError
 from trainers.files import file_lock
+from trainers.logs import log
 from trainers.synth_kinds import catalogue, detection_classes
 from trainers.synth_render import render_scene
 
@@ -242,15 +242,16 @@ def ensure_synth_dataset(data: DataSpec) -> Path:
             )
         tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
-        print(f"frost: generating the synth dataset in {root} ...", file=sys.stderr, flush=True)
+        log.info("generating the synth dataset in %s ...", root)
         summary = write_detection_dataset(tmp, data.synth)
         if root.exists():
             root.rmdir()
         os.replace(tmp, root)
-        print(
-            f"frost: synth dataset ready ({summary['images']['train']} train / {summary['images']['val']} val "
-            f"images, buckets {summary['buckets']}, {summary['seconds']} s)",
-            file=sys.stderr,
-            flush=True,
+        log.info(
+            "synth dataset ready (%s train / %s val images, buckets %s, %s s)",
+            summary["images"]["train"],
+            summary["images"]["val"],
+            summary["buckets"],
+            summary["seconds"],
         )
     return root
