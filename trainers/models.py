@@ -21,7 +21,10 @@ stages up to the last returned one; `partial:K` counts the last K of *those*.
 The seam for the frozen-feature cache: `detector.backbone` is a `FrostBackbone` whose `forward_body(x)`
 returns the trunk's multi-scale features (an OrderedDict "0", "1", ... fine to coarse) and whose
 `forward_neck(features)` turns them into the pyramid the heads read ("0", "1", ..., then "pool" for Faster
-R-CNN or "p6", "p7" for RetinaNet / FCOS). A cached body output can be fed to `forward_neck` unchanged.
+R-CNN or "p6", "p7" for RetinaNet / FCOS). The body splits once more at its *cut point*, the last frozen
+child: `forward_prefix(x)` runs the fixed part (stem and frozen stages, all of it when `frozen`), and
+`forward_suffix(prefix)` the trainable stages (none when `frozen`). With `prefix_source` set, the prefix's
+outputs come from the feature cache (trainers/features.py, docs/feature-cache.md) instead of being computed.
 
 Optimizer: frozen parameters have requires_grad False; `trainable_parameters(model)` lists the others (the
 trainer filters on requires_grad the same way). `count_parameters` counts nn.Parameters only, so the
@@ -31,7 +34,7 @@ FrozenBatchNorm2d buffers are in neither count.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from torch import Tensor, nn
 from torchvision.models._utils import IntermediateLayerGetter
@@ -43,6 +46,8 @@ from trainers.heads import DETECTORS
 from trainers.neck import FrostNeck, norm_factory
 from trainers.trunks import build_classifier, layout_of
 from trainers.weights import imagenet_weights_file, load_classifier_state, load_trunk
+
+CUT_OUTPUT = "cut"  # forward_prefix's name for the last frozen output when no returned stage is that output
 
 __all__ = [  # tests and benchmarks import these from here
     "FrostBackbone",
@@ -77,9 +82,83 @@ class FrostBackbone(nn.Module):
         self.stage_modules = stages
         self.level_strides = strides  # stride of every pyramid level, extra levels included
         self.frozen_modules: list[str] = []
+        # Set by the trainer when the frozen prefix's outputs come from the feature cache (trainers/features.py):
+        # called with the batch the body would have seen, it returns what `forward_prefix` would have.
+        self.prefix_source: Callable[[Tensor], OrderedDict[str, Tensor]] | None = None
 
     def forward_body(self, x: Tensor) -> OrderedDict[str, Tensor]:
+        if self.prefix_source is not None:
+            return self.forward_suffix(self.prefix_source(x))
         return self.body(x)
+
+    @property
+    def cut_point(self) -> str | None:
+        """The last frozen child of the body: everything up to it is fixed (None: nothing is)."""
+        frozen = set(self.frozen_modules)
+        last = None
+        for name, _ in self.body.named_children():
+            if name in frozen:
+                last = name
+        return last
+
+    @property
+    def prefix_outputs(self) -> list[str]:
+        """Names of the maps `forward_prefix` returns: returned stages inside the prefix, then the cut output
+        (under CUT_OUTPUT) when the trainable stages need it and it is not a returned map already."""
+        cut, returns = self.cut_point, self._return_layers()
+        names: list[str] = []
+        for name, _ in self.body.named_children():
+            if name in returns:
+                names.append(returns[name])
+            if name == cut:
+                break
+        live = self._live_children()
+        if live and cut not in returns:
+            names.append(CUT_OUTPUT)
+        return names
+
+    def _return_layers(self) -> dict[str, str]:
+        layers = getattr(self.body, "return_layers", None)
+        if not isinstance(layers, dict):
+            raise TypeError("FrostBackbone.body must be an IntermediateLayerGetter")
+        return layers
+
+    def _live_children(self) -> list[tuple[str, nn.Module]]:
+        children = list(self.body.named_children())
+        names = [name for name, _ in children]
+        cut = self.cut_point
+        return children if cut is None else children[names.index(cut) + 1 :]
+
+    def forward_prefix(self, x: Tensor) -> OrderedDict[str, Tensor]:
+        """Run the frozen prefix of the body (stem and frozen stages) alone: what the feature cache stores."""
+        cut, returns, wanted = self.cut_point, self._return_layers(), self.prefix_outputs
+        if cut is None:
+            raise RuntimeError("forward_prefix: nothing in the body is frozen")
+        out: OrderedDict[str, Tensor] = OrderedDict()
+        for name, module in self.body.named_children():
+            x = module(x)
+            if name in returns:
+                out[returns[name]] = x
+            if name == cut:
+                break
+        if CUT_OUTPUT in wanted:
+            out[CUT_OUTPUT] = x
+        return out
+
+    def forward_suffix(self, prefix: OrderedDict[str, Tensor]) -> OrderedDict[str, Tensor]:
+        """The body's output from `forward_prefix`'s: the trainable stages run live on the cut output."""
+        returns = self._return_layers()
+        out = OrderedDict((name, value) for name, value in prefix.items() if name != CUT_OUTPUT)
+        live = self._live_children()
+        if not live:
+            return out
+        cut = self.cut_point
+        x = prefix[CUT_OUTPUT] if CUT_OUTPUT in prefix else prefix[returns[str(cut)]]
+        for name, module in live:
+            x = module(x)
+            if name in returns:
+                out[returns[name]] = x
+        return out
 
     def forward_neck(self, features: OrderedDict[str, Tensor]) -> OrderedDict[str, Tensor]:
         return self.neck(features)

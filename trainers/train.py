@@ -37,6 +37,7 @@ from trainers.config import TrialSpec, dump_trial_spec
 from trainers.data import CocoDetection, collate, hflip, load_datasets
 from trainers.errors import FrostError, TrainingError
 from trainers.evaluate import category_buckets, evaluate_detections, train_image_counts, write_eval_files
+from trainers.features import FeatureCache, detector_parts, prepare_feature_cache
 from trainers.models import build_detector, count_parameters
 from trainers.reporting import JsonLinesReporter, Reporter
 
@@ -108,13 +109,14 @@ def train_one_epoch(
     dataset: CocoDetection,
     epoch: int,
     device: torch.device,
+    cache: FeatureCache | None = None,
 ) -> dict[str, float]:
     model.train()
     gen = epoch_generator(spec.seed, epoch)
     order = torch.randperm(len(dataset), generator=gen).tolist()
     flips = (torch.rand(len(dataset), generator=gen) < spec.input.hflip).tolist()
-    batches = DataLoader(
-        [(i, flips[n]) for n, i in enumerate(order)],
+    batches: DataLoader[tuple[int, bool]] = DataLoader(
+        [(i, flips[n]) for n, i in enumerate(order)],  # type: ignore[arg-type]  # a list is a map-style dataset
         batch_size=spec.train.batch_size,
         collate_fn=lambda items: _load_batch(dataset, items),
         num_workers=spec.train.workers,
@@ -123,8 +125,10 @@ def train_one_epoch(
     steps = len(batches)
     losses, step_times, images_seen = [], [], 0
     start = time.perf_counter()
-    for step, (images, targets) in enumerate(batches, start=1):
+    for step, (images, targets, flipped) in enumerate(batches, start=1):
         t0 = time.perf_counter()
+        if cache is not None:
+            cache.select("train", [int(t["image_id"]) for t in targets], flipped)
         images = [img.to(device, non_blocking=True).float().div_(255) for img in images]
         targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
         with torch.autocast(device_type=device.type, enabled=use_amp):
@@ -164,22 +168,26 @@ def train_one_epoch(
     }
 
 
-def _load_batch(dataset: CocoDetection, items: list[tuple[int, bool]]) -> tuple[list, list]:
+def _load_batch(dataset: CocoDetection, items: list[tuple[int, bool]]) -> tuple[list, list, list[bool]]:
     pairs = []
     for index, flip in items:
         image, target = dataset[index]
         pairs.append(hflip(image, target) if flip else (image, target))
-    return collate(pairs)
+    return (*collate(pairs), [flip for _, flip in items])
 
 
 @torch.no_grad()
 def predict(
-    spec: TrialSpec, model: torch.nn.Module, dataset: CocoDetection, device: torch.device
+    spec: TrialSpec,
+    model: torch.nn.Module,
+    dataset: CocoDetection,
+    device: torch.device,
+    cache: FeatureCache | None = None,
 ) -> list[dict[str, Any]]:
     """Detections on a split in COCO results format (dataset category ids, xywh boxes)."""
     model.eval()
-    loader = DataLoader(
-        range(len(dataset)),
+    loader: DataLoader[int] = DataLoader(
+        range(len(dataset)),  # type: ignore[arg-type]  # a range is a map-style dataset
         batch_size=spec.eval.batch_size,
         collate_fn=lambda idx: collate([dataset[i] for i in idx]),
         num_workers=spec.train.workers,
@@ -188,6 +196,8 @@ def predict(
     detections = []
     for images, targets in loader:
         images = [img.to(device).float().div_(255) for img in images]
+        if cache is not None:
+            cache.select("val", [int(t["image_id"]) for t in targets], [False] * len(targets))
         with torch.autocast(device_type=device.type, enabled=use_amp):
             outputs = model(images)
         for target, out in zip(targets, outputs):
@@ -214,9 +224,9 @@ def prepare_trial_dir(spec: TrialSpec, out_dir: Path) -> None:
         from trainers.config import load_trial_spec
 
         previous = load_trial_spec(spec_file)
-        if previous.model_dump(exclude={"train": {"epochs"}}) != spec.model_dump(
-            exclude={"train": {"epochs"}}
-        ):
+        # cache.* changes how, not what, a trial computes (docs/feature-cache.md): a resume may flip it.
+        same: dict[str, Any] = {"train": {"epochs"}, "cache": True}
+        if previous.model_dump(exclude=same) != spec.model_dump(exclude=same):
             raise FrostError(
                 f"--out {out_dir}: holds checkpoints of a different trial ({spec_file}); use another directory"
             )
@@ -277,6 +287,8 @@ def run_trial(
                 last = record is replay[-1]
                 reporter.report(record["epoch"], record, checkpoint if last else None)
     record_attempt(out_dir, start_epoch - 1)
+    cache, cache_report = prepare_feature_cache(spec, model, train_set, val_set)
+    detector_parts(model)[1].prefix_source = cache
     log(
         f"trial: {spec.detector} {spec.backbone.name} freeze={spec.backbone.freeze} on {device}; "
         f"{len(train_set)} train / {len(val_set)} val images, {train_set.categories.num_classes} classes; "
@@ -289,14 +301,15 @@ def run_trial(
         metrics: dict[str, Any] = {"epoch": epoch}
         try:
             metrics.update(
-                train_one_epoch(spec, model, optimizer, scheduler, scaler, train_set, epoch, device)
+                train_one_epoch(spec, model, optimizer, scheduler, scaler, train_set, epoch, device, cache)
             )
         except TrainingError as exc:
             record_failure(out_dir, epoch, str(exc))
             raise
         metrics.update(peak_memory_mb=peak_memory_mb(device), trainable_params=trainable, total_params=total)
+        metrics.update(cache_report.metrics())
         if epoch % spec.eval.every == 0 or epoch == spec.train.epochs:
-            detections = predict(spec, model, val_set, device)
+            detections = predict(spec, model, val_set, device, cache)
             result = evaluate_detections(
                 val_set.coco, detections, buckets, counts, image_ids=val_set.image_ids
             )
@@ -320,7 +333,7 @@ def run_trial(
         }
         checkpoint_dir = save_checkpoint(out_dir, epoch, state, spec.train.keep_checkpoints)
         reporter.report(epoch, metrics, checkpoint_dir)
-    return final_metrics(history)
+    return {**final_metrics(history), "cache_used": cache is not None}
 
 
 def final_metrics(history: list[dict[str, Any]]) -> dict[str, Any]:
