@@ -75,9 +75,11 @@ def prefix_weights_digest(backbone: FrostBackbone) -> str:
     cut = backbone.cut_point
     for name, module in backbone.body.named_children():
         for key, tensor in sorted(module.state_dict().items()):
+            if key.endswith("num_batches_tracked"):  # a counter: no effect on an eval-mode forward
+                continue
             value = tensor.detach().cpu().contiguous()
             sha.update(f"{name}.{key}:{value.dtype}:{tuple(value.shape)}".encode())
-            sha.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+            sha.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
         if name == cut:
             break
     return sha.hexdigest()
