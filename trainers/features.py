@@ -148,14 +148,14 @@ def build_shard(path: Path, key: dict[str, Any], model: nn.Module, dataset: Coco
         model.train(was_training)
 
 
-def estimate_bytes(model: nn.Module, dataset: CocoDetection, dtype: str) -> int:
-    """Bytes of one shard of `dataset`, from the transformed size of its first image and the prefix's maps."""
-    height, width = _input_size(model, dataset)
+def estimate_bytes(model: nn.Module, input_size: list[int], images: int, dtype: str) -> int:
+    """Bytes of `images` records of a body input of `input_size` (H, W), from the prefix's maps."""
+    height, width = input_size
     per_image = sum(
         channels * math.ceil(height / stride) * math.ceil(width / stride)
         for channels, stride in _prefix_map_shapes(detector_parts(model)[1])
     )
-    return per_image * torch.empty(0, dtype=getattr(torch, dtype)).element_size() * len(dataset)
+    return per_image * torch.empty(0, dtype=getattr(torch, dtype)).element_size() * images
 
 
 @torch.no_grad()
@@ -287,7 +287,8 @@ def prepare_feature_cache(
         if not missing:
             log(f"reading {len(shards)} shard(s) under {shard_path(root, wanted[0][2]).parent}")
             return FeatureCache(shards), CacheReport(True)
-        estimate = sum(estimate_bytes(model, ds, spec.cache.dtype) for _, ds, _ in missing)
+        images = sum(len(ds) for _, ds, _ in missing)
+        estimate = estimate_bytes(model, key["input_size"], images, spec.cache.dtype)
         budget = budget_bytes(spec, root)
         if estimate > budget:
             log(
