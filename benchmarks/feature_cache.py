@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -73,6 +74,9 @@ SWEEP = ("heads.box_fc=64", "heads.box_fc=128", "neck.extra_blocks=1", "heads.rp
 
 
 def sweep(args: argparse.Namespace, tmp: Path, cached: bool) -> dict[str, float]:
+    from trainers.features import cache_root
+
+    shutil.rmtree(cache_root(), ignore_errors=True)  # part 1 built this key already: the sweep builds its own
     start, build, size, epochs = time.perf_counter(), 0.0, 0, 0.0
     for n, override in enumerate(SWEEP):
         spec = trial_spec(args, override, f"train.epochs={args.sweep_epochs}", f"cache.features={cached}")

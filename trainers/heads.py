@@ -93,15 +93,10 @@ def _set_towers(head: RetinaNetHead | FCOSHead, channels: int, spec: TrialSpec) 
     classification.register_forward_hook(_suppress_background)
 
 
-def _retinanet(spec: TrialSpec, backbone: FrostBackbone, num_classes: int) -> RetinaNet:
-    h, c = spec.heads, backbone.out_channels
-    anchors = _anchors(backbone.level_strides, 2, (0.5, 1.0, 2.0))
-    head = RetinaNetHead(c, anchors.num_anchors_per_location()[0], num_classes + 1)
-    # torchvision fixes the towers at 4 convs without norm: rebuild them at the requested depth and norm.
-    _set_towers(head, c, spec)
-    return RetinaNet(
-        backbone,
-        num_classes + 1,
+def _dense_options(spec: TrialSpec, anchors: AnchorGenerator, head: nn.Module) -> dict[str, Any]:
+    """Keyword arguments RetinaNet and FCOS share: input sizes, anchors, head, score threshold, detections."""
+    h = spec.heads
+    return dict(
         **_input_sizes(spec),
         anchor_generator=anchors,
         head=head,
@@ -110,23 +105,24 @@ def _retinanet(spec: TrialSpec, backbone: FrostBackbone, num_classes: int) -> Re
     )
 
 
+def _retinanet(spec: TrialSpec, backbone: FrostBackbone, num_classes: int) -> RetinaNet:
+    c = backbone.out_channels
+    anchors = _anchors(backbone.level_strides, 2, (0.5, 1.0, 2.0))
+    head = RetinaNetHead(c, anchors.num_anchors_per_location()[0], num_classes + 1)
+    # torchvision fixes the towers at 4 convs without norm: rebuild them at the requested depth and norm.
+    _set_towers(head, c, spec)
+    return RetinaNet(backbone, num_classes + 1, **_dense_options(spec, anchors, head))
+
+
 def _fcos(spec: TrialSpec, backbone: FrostBackbone, num_classes: int) -> FCOS:
-    h, c = spec.heads, backbone.out_channels
+    c = backbone.out_channels
     # FCOS is anchor-free: one "anchor" per location whose size is the level's stride (its regression
     # ranges are derived from it: [4, 8] x size).
     anchors = _anchors(backbone.level_strides, 1, (1.0,))
     # num_convs=0: torchvision's towers hard-code GroupNorm(32, C), which fails for C not divisible by 32.
     head = FCOSHead(c, 1, num_classes + 1, num_convs=0)
     _set_towers(head, c, spec)
-    return FCOS(
-        backbone,
-        num_classes + 1,
-        **_input_sizes(spec),
-        anchor_generator=anchors,
-        head=head,
-        score_thresh=h.score_threshold,
-        detections_per_img=h.detections_per_image,
-    )
+    return FCOS(backbone, num_classes + 1, **_dense_options(spec, anchors, head))
 
 
 DETECTORS: dict[str, Callable[[TrialSpec, FrostBackbone, int], nn.Module]] = {
