@@ -259,7 +259,7 @@ def test_fine_tuned_trials_ignore_the_cache_and_the_cli_can_turn_it_off(tiny_ove
         return json.loads(captured.out.strip().splitlines()[-1]), captured.err
 
     final, err = train("ft", "backbone.freeze=finetune")
-    assert final["cache_used"] is False and "cache.features ignored: a fine-tuned backbone" in err
+    assert final["cache_used"] is False and "ignored (cache.features) for a fine-tuned backbone" in err
     final, err = train("off", "cache.features=false")
     assert final["cache_used"] is False and "off (cache.features=false)" in err
     assert not list(cache_root().rglob("*.fc"))

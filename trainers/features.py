@@ -216,7 +216,7 @@ def cache_refusal(spec: TrialSpec, model: nn.Module, datasets: list[CocoDetectio
         return "off (cache.features=false)"
     t, backbone = detector_parts(model)
     if spec.backbone.freeze == "finetune" or backbone.cut_point is None:
-        return "cache.features ignored: a fine-tuned backbone has no fixed part"
+        return "ignored (cache.features) for a fine-tuned backbone: it has no fixed part to cache"
     if len(t.min_size) != 1 or t.fixed_size is not None:
         return "off: the detector's transform draws the input size at random"
     sizes = {(ds.coco.imgs[i]["height"], ds.coco.imgs[i]["width"]) for ds in datasets for i in ds.image_ids}
