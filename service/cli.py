@@ -339,6 +339,10 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("ls", help="sweeps known in the project folder")
     ls.add_argument("--root", help="project folder (default $FROST_HOME or ./frost-runs)")
     ls.set_defaults(func=_cmd_ls)
+
+    from service.cache_cmd import add_cache_parser
+
+    add_cache_parser(sub)
     return parser
 
 

@@ -215,6 +215,20 @@ class EvalSpec(_Section):
         return self
 
 
+class CacheSpec(_Section):
+    """The frozen-feature cache (trainers/features.py, docs/feature-cache.md)."""
+
+    features: bool = Field(
+        True,
+        description="frozen / partial:K trials read the frozen part of the backbone from a per-image cache "
+        "built once (ignored for fine-tuned trials)",
+    )
+    dtype: Literal["float16", "float32"] = Field("float16", description="storage dtype of cached features")
+    budget_mb: float | None = Field(
+        None, gt=0, description="largest cache a trial may build, MiB; default: a quarter of the free disk"
+    )
+
+
 class TrialSpec(_Section):
     """One trial: one detector configuration, trained and evaluated."""
 
@@ -227,6 +241,7 @@ class TrialSpec(_Section):
     optim: OptimSpec = OptimSpec()
     train: TrainSpec = TrainSpec()
     eval: EvalSpec = EvalSpec()
+    cache: CacheSpec = CacheSpec()
     seed: int = 0
 
     def digest(self) -> str:

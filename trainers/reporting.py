@@ -27,6 +27,9 @@ TRAIN_METRICS = (
     "peak_memory_mb",
     "trainable_params",
     "total_params",
+    "cache_used",  # 1 when the frozen prefix's features came from the feature cache (trainers/features.py)
+    "cache_build_s",  # seconds this trial spent building the cache (0 when it read an existing one)
+    "cache_bytes",  # bytes this trial wrote into the cache
 )
 REPORTED_METRICS = TRAIN_METRICS + EVAL_METRICS
 

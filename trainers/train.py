@@ -8,14 +8,9 @@ uninterrupted one, because every random draw comes from a saved or per-epoch-see
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import random
 import resource
-import shutil
-import socket
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -24,19 +19,29 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from trainers.checkpoints import (
+    CHECKPOINT_FILE,
+    checkpoint_dirs,
+    newest_checkpoint,
+    read_attempts,
+    record_attempt,
+    record_failure,
+    refuse_failed_trial,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from trainers.config import TrialSpec, dump_trial_spec
 from trainers.data import CocoDetection, collate, hflip, load_datasets
 from trainers.errors import FrostError, TrainingError
 from trainers.evaluate import category_buckets, evaluate_detections, train_image_counts, write_eval_files
+from trainers.features import FeatureCache, detector_parts, prepare_feature_cache
 from trainers.federated import max_detections_of, resolve_protocol
+from trainers.logs import log
 from trainers.models import build_detector, count_parameters
 from trainers.reporting import JsonLinesReporter, Reporter
 
-CHECKPOINT_FILE = "state.pt"
-
-
-def log(message: str) -> None:
-    print(f"frost: {message}", file=sys.stderr, flush=True)
+__all__ = ["CHECKPOINT_FILE", "checkpoint_dirs", "read_attempts", "run_trial"]  # imported from here by tests
 
 
 def resolve_device(name: str) -> torch.device:
@@ -82,60 +87,6 @@ def lr_factor(spec: TrialSpec, step: int, total_steps: int) -> float:
     return 1.0
 
 
-# ---------------------------------------------------------------------------------------------- checkpoints
-def checkpoint_dirs(out_dir: Path) -> list[Path]:
-    root = out_dir / "checkpoints"
-    if not root.is_dir():
-        return []
-    # Not `epoch-NNNN.tmp`: a save interrupted after state.pt was written is no checkpoint (the rename is).
-    return sorted(p for p in root.glob("epoch-[0-9]*[0-9]") if (p / CHECKPOINT_FILE).is_file())
-
-
-def save_checkpoint(out_dir: Path, epoch: int, state: dict[str, Any], keep: int) -> Path:
-    final = out_dir / "checkpoints" / f"epoch-{epoch:04d}"
-    tmp = final.with_name(final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    torch.save(state, tmp / CHECKPOINT_FILE)
-    (tmp / "metrics.json").write_text(json.dumps(state["history"][-1]))
-    (tmp / "history.json").write_text(json.dumps(state["history"]))  # readable without torch
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)  # atomic: a checkpoint directory is complete or absent
-    for old in checkpoint_dirs(out_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def newest_checkpoint(out_dir: Path, resume_from: Path | None) -> Path | None:
-    """The newest epoch checkpoint in the trial directory, or `resume_from` when that is newer."""
-    found = checkpoint_dirs(out_dir)
-    candidates = found[-1:] + (
-        [resume_from] if resume_from and (resume_from / CHECKPOINT_FILE).is_file() else []
-    )
-    if not candidates:
-        return None
-
-    def epoch_of(path: Path) -> int:
-        return json.loads((path / "metrics.json").read_text()).get("epoch", 0)
-
-    return max(candidates, key=epoch_of)
-
-
 # ---------------------------------------------------------------------------------------------- measuring
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
@@ -154,14 +105,14 @@ def train_one_epoch(
     dataset: CocoDetection,
     epoch: int,
     device: torch.device,
+    cache: FeatureCache | None = None,
 ) -> dict[str, float]:
     model.train()
     gen = epoch_generator(spec.seed, epoch)
     order = torch.randperm(len(dataset), generator=gen).tolist()
     flips = (torch.rand(len(dataset), generator=gen) < spec.input.hflip).tolist()
-    # A list is a map-style dataset (__getitem__, __len__), which torch's annotations do not model.
     batches: DataLoader[tuple[int, bool]] = DataLoader(
-        [(i, flips[n]) for n, i in enumerate(order)],  # type: ignore[arg-type]
+        [(i, flips[n]) for n, i in enumerate(order)],  # type: ignore[arg-type]  # a list is a map-style dataset
         batch_size=spec.train.batch_size,
         collate_fn=lambda items: _load_batch(dataset, items),
         num_workers=spec.train.workers,
@@ -170,8 +121,10 @@ def train_one_epoch(
     steps = len(batches)
     losses, step_times, images_seen = [], [], 0
     start = time.perf_counter()
-    for step, (images, targets) in enumerate(batches, start=1):
+    for step, (images, targets, flipped) in enumerate(batches, start=1):
         t0 = time.perf_counter()
+        if cache is not None:
+            cache.select("train", [int(t["image_id"]) for t in targets], flipped)
         images = [img.to(device, non_blocking=True).float().div_(255) for img in images]
         targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
         with torch.autocast(device_type=device.type, enabled=use_amp):
@@ -197,7 +150,7 @@ def train_one_epoch(
         images_seen += len(images)
         if step % spec.train.log_every == 0 or step == steps:
             rate = images_seen / (time.perf_counter() - start)
-            log(
+            log.info(
                 f"epoch {epoch}/{spec.train.epochs} step {step}/{steps} loss {np.mean(losses[-10:]):.3f} "
                 f"lr {optimizer.param_groups[0]['lr']:.4f} {rate:.1f} img/s"
             )
@@ -211,22 +164,26 @@ def train_one_epoch(
     }
 
 
-def _load_batch(dataset: CocoDetection, items: list[tuple[int, bool]]) -> tuple[list, list]:
+def _load_batch(dataset: CocoDetection, items: list[tuple[int, bool]]) -> tuple[list, list, list[bool]]:
     pairs = []
     for index, flip in items:
         image, target = dataset[index]
         pairs.append(hflip(image, target) if flip else (image, target))
-    return collate(pairs)
+    return (*collate(pairs), [flip for _, flip in items])
 
 
 @torch.no_grad()
 def predict(
-    spec: TrialSpec, model: torch.nn.Module, dataset: CocoDetection, device: torch.device
+    spec: TrialSpec,
+    model: torch.nn.Module,
+    dataset: CocoDetection,
+    device: torch.device,
+    cache: FeatureCache | None = None,
 ) -> list[dict[str, Any]]:
     """Detections on a split in COCO results format (dataset category ids, xywh boxes)."""
     model.eval()
     loader: DataLoader[int] = DataLoader(
-        range(len(dataset)),  # type: ignore[arg-type]  # a map-style dataset, as above
+        range(len(dataset)),  # type: ignore[arg-type]  # a range is a map-style dataset
         batch_size=spec.eval.batch_size,
         collate_fn=lambda idx: collate([dataset[i] for i in idx]),
         num_workers=spec.train.workers,
@@ -235,6 +192,8 @@ def predict(
     detections = []
     for images, targets in loader:
         images = [img.to(device).float().div_(255) for img in images]
+        if cache is not None:
+            cache.select("val", [int(t["image_id"]) for t in targets], [False] * len(targets))
         with torch.autocast(device_type=device.type, enabled=use_amp):
             outputs = model(images)
         for target, out in zip(targets, outputs):
@@ -261,9 +220,9 @@ def prepare_trial_dir(spec: TrialSpec, out_dir: Path) -> None:
         from trainers.config import load_trial_spec
 
         previous = load_trial_spec(spec_file)
-        if previous.model_dump(exclude={"train": {"epochs"}}) != spec.model_dump(
-            exclude={"train": {"epochs"}}
-        ):
+        # cache.* changes how, not what, a trial computes (docs/feature-cache.md): a resume may flip it.
+        same: dict[str, Any] = {"train": {"epochs"}, "cache": True}
+        if previous.model_dump(exclude=same) != spec.model_dump(exclude=same):
             raise FrostError(
                 f"--out {out_dir}: holds checkpoints of a different trial ({spec_file}); use another directory"
             )
@@ -317,10 +276,12 @@ def run_trial(
         set_rng_state(state["rng"])
         history = state["history"]
         start_epoch = state["epoch"] + 1
-        log(f"resuming {out_dir} from {checkpoint.name} (epoch {state['epoch']} done)")
+        log.info(f"resuming {out_dir} from {checkpoint.name} (epoch {state['epoch']} done)")
         reporter.resume(history, checkpoint)
     record_attempt(out_dir, start_epoch - 1)
-    log(
+    cache, cache_report = prepare_feature_cache(spec, model, train_set, val_set)
+    detector_parts(model)[1].prefix_source = cache
+    log.info(
         f"trial: {spec.detector} {spec.backbone.name} freeze={spec.backbone.freeze} on {device}; "
         f"{len(train_set)} train / {len(val_set)} val images, {train_set.categories.num_classes} classes; "
         f"{trainable:,} of {total:,} parameters trainable; {protocol} evaluation, {max_detections} per image"
@@ -332,20 +293,21 @@ def run_trial(
         metrics: dict[str, Any] = {"epoch": epoch}
         try:
             metrics.update(
-                train_one_epoch(spec, model, optimizer, scheduler, scaler, train_set, epoch, device)
+                train_one_epoch(spec, model, optimizer, scheduler, scaler, train_set, epoch, device, cache)
             )
         except TrainingError as exc:
             record_failure(out_dir, epoch, str(exc))
             raise
         metrics.update(peak_memory_mb=peak_memory_mb(device), trainable_params=trainable, total_params=total)
+        metrics.update(cache_report.metrics())
         if epoch % spec.eval.every == 0 or epoch == spec.train.epochs:
-            detections = predict(spec, model, val_set, device)
+            detections = predict(spec, model, val_set, device, cache)
             result = evaluate_detections(
                 val_set.coco, detections, buckets, counts, val_set.image_ids, protocol, max_detections
             )
             write_eval_files(result, detections, out_dir / "eval" / f"epoch-{epoch:04d}")
             metrics.update(result.metrics)
-            log(
+            log.info(
                 f"epoch {epoch}: AP {result.metrics['AP']:.3f} AP50 {result.metrics['AP50']:.3f} "
                 f"AP_r {result.metrics['AP_r']:.3f} AP_c {result.metrics['AP_c']:.3f} "
                 f"AP_f {result.metrics['AP_f']:.3f}"
@@ -363,51 +325,7 @@ def run_trial(
         }
         checkpoint_dir = save_checkpoint(out_dir, epoch, state, spec.train.keep_checkpoints)
         reporter.report(epoch, metrics, checkpoint_dir)
-    return final_metrics(history)
-
-
-# ---------------------------------------------------------------------------------------------- attempts
-ATTEMPTS_FILE = "attempts.jsonl"
-FAILED_FILE = "failed.json"
-
-
-def record_attempt(out_dir: Path, resumed_after: int) -> None:
-    """One line per start of this trial: when, where (host, pid) and after which epoch it resumed.
-
-    What a retried or resumed trial re-ran is read off here; the pid is the process training right now.
-    """
-    line = {
-        "attempt": len(read_attempts(out_dir)) + 1,
-        "started": time.time(),
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "resumed_after_epoch": resumed_after,
-    }
-    with (out_dir / ATTEMPTS_FILE).open("a") as handle:
-        handle.write(json.dumps(line) + "\n")
-
-
-def read_attempts(out_dir: Path) -> list[dict[str, Any]]:
-    path = Path(out_dir) / ATTEMPTS_FILE
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def record_failure(out_dir: Path, epoch: int, message: str) -> None:
-    """A deterministic failure (non-finite loss): retrying from the same checkpoint fails the same way."""
-    (out_dir / FAILED_FILE).write_text(json.dumps({"epoch": epoch, "error": message}))
-
-
-def refuse_failed_trial(out_dir: Path) -> None:
-    """A trial that failed deterministically is not trained again: retries (a sweep's) fail at once."""
-    path = out_dir / FAILED_FILE
-    if path.exists():
-        failure = json.loads(path.read_text())
-        raise TrainingError(
-            f"{failure['error']} (recorded in {path}; training again from the same checkpoint would repeat it: "
-            "change the trial or remove that file)"
-        )
+    return {**final_metrics(history), "cache_used": cache is not None}
 
 
 def final_metrics(history: list[dict[str, Any]]) -> dict[str, Any]:

@@ -1,0 +1,141 @@
+"""Frozen-feature cache: step time of frozen cached / frozen uncached / fine-tuned, and a sweep of frozen trials.
+
+Part 1, per backbone (ResNet-18 and ResNet-50 FPN Faster R-CNN, 128 px, batch 8, CPU): one short trial per mode,
+`step_time_s` (training steps only; a cached trial builds its cache before its first step, timed apart).
+Part 2: a sweep-like run of 4 frozen ResNet-18 trials of one cache key (different heads), run one after the
+other in this process, with and without the cache; the cached sweep's wall time includes building the cache
+(done by its first trial). Trials run in-process (`run_trial`) on a private FROST_HOME so the cache starts
+empty; `backbone.weights=none` (weights do not change speed). Targets (issue 12): cached / fine-tuned step
+<= 0.40 (R18) and <= 0.30 (R50); cached / uncached sweep wall <= 0.5.
+
+    python benchmarks/feature_cache.py [--images 32] [--epochs 1] [--sweep-epochs 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+
+def trial_spec(args: argparse.Namespace, *overrides: str) -> Any:
+    from trainers.config import load_trial_spec
+
+    return load_trial_spec(
+        None,
+        [
+            "backbone.weights=none",
+            "detector=faster_rcnn",
+            "input.image_size=128",
+            "data.synth.image_size=128",
+            f"data.synth.train_images={args.images}",
+            "data.synth.val_images=16",
+            "train.batch_size=8",
+            "train.device=cpu",
+            "eval.every=100",
+            *overrides,
+        ],
+    )
+
+
+def run(spec: Any, out: Path) -> dict[str, Any]:
+    from trainers.train import run_trial
+
+    return run_trial(spec, out)
+
+
+def step_times(args: argparse.Namespace, tmp: Path) -> dict[str, dict[str, float]]:
+    rows: dict[str, dict[str, float]] = {}
+    for backbone in ("resnet18", "resnet50"):
+        common = (f"backbone.name={backbone}", f"train.epochs={args.epochs}")
+        modes = {
+            "finetune": ("backbone.freeze=finetune",),
+            "frozen": ("backbone.freeze=frozen", "cache.features=false"),
+            "frozen+cache": ("backbone.freeze=frozen",),
+        }
+        for mode, overrides in modes.items():
+            print(f"{backbone} {mode} ...", file=sys.stderr, flush=True)
+            result = run(trial_spec(args, *common, *overrides), tmp / f"{backbone}-{mode}")
+            rows[f"{backbone} {mode}"] = {
+                "step": result["step_time_s"],
+                "epoch": result["epoch_time_s"],
+                "build": result["cache_build_s"],
+                "bytes": result["cache_bytes"],
+            }
+    return rows
+
+
+SWEEP = ("heads.box_fc=64", "heads.box_fc=128", "neck.extra_blocks=1", "heads.rpn_convs=2")
+
+
+def sweep(args: argparse.Namespace, tmp: Path, cached: bool) -> dict[str, float]:
+    from trainers.features import cache_root
+
+    shutil.rmtree(cache_root(), ignore_errors=True)  # part 1 built this key already: the sweep builds its own
+    start, build, size, epochs = time.perf_counter(), 0.0, 0, 0.0
+    for n, override in enumerate(SWEEP):
+        spec = trial_spec(args, override, f"train.epochs={args.sweep_epochs}", f"cache.features={cached}")
+        print(f"sweep {'cached' if cached else 'uncached'} trial {n + 1}/{len(SWEEP)} ...", file=sys.stderr)
+        result = run(spec, tmp / f"sweep-{cached}-{n}")
+        build, size, epochs = (
+            build + result["cache_build_s"],
+            size + result["cache_bytes"],
+            epochs + result["epoch_time_s"],
+        )
+    return {"wall": time.perf_counter() - start, "build": build, "bytes": size, "epoch": epochs / len(SWEEP)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=32, help="training images per epoch")
+    parser.add_argument("--epochs", type=int, default=1, help="epochs of each step-time trial")
+    parser.add_argument("--sweep-epochs", type=int, default=2, help="epochs of each sweep trial")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        os.environ["FROST_HOME"] = str(tmp / "home")
+        os.environ["FROST_OFFLINE"] = "1"
+        start = time.perf_counter()
+        rows = step_times(args, tmp)
+        uncached, cached = sweep(args, tmp, False), sweep(args, tmp, True)
+        total = time.perf_counter() - start
+
+    print(f"\nFaster R-CNN FPN, 128 px, batch 8, CPU, {args.images} train images x {args.epochs} epoch(s)")
+    print(
+        f"{'backbone / mode':<24} {'step s':>8} {'epoch s':>8} {'build s':>8} {'cache MiB':>10} {'step/ft':>8}"
+    )
+    for name, row in rows.items():
+        base = rows[name.split()[0] + " finetune"]["step"]
+        print(
+            f"{name:<24} {row['step']:>8.3f} {row['epoch']:>8.2f} {row['build']:>8.2f} "
+            f"{row['bytes'] / 2**20:>10.2f} {row['step'] / base:>8.2f}"
+        )
+    print(
+        f"\nsweep of {len(SWEEP)} frozen ResNet-18 trials x {args.sweep_epochs} epochs, one after the other"
+    )
+    print(
+        f"{'sweep':<10} {'wall s':>8} {'epoch s':>8} {'build s':>8} {'cache MiB':>10} {'wall/uncached':>14}"
+    )
+    for name, row in (("uncached", uncached), ("cached", cached)):
+        print(
+            f"{name:<10} {row['wall']:>8.1f} {row['epoch']:>8.2f} {row['build']:>8.2f} "
+            f"{row['bytes'] / 2**20:>10.2f} {row['wall'] / uncached['wall']:>14.2f}"
+        )
+    r18 = rows["resnet18 frozen+cache"]["step"] / rows["resnet18 finetune"]["step"]
+    r50 = rows["resnet50 frozen+cache"]["step"] / rows["resnet50 finetune"]["step"]
+    ratio = cached["wall"] / uncached["wall"]
+    print(
+        f"\ntargets: R18 cached/ft {r18:.2f} (<= 0.40: {'met' if r18 <= 0.40 else 'NOT met'}); "
+        f"R50 {r50:.2f} (<= 0.30: {'met' if r50 <= 0.30 else 'NOT met'}); "
+        f"sweep cached/uncached {ratio:.2f} (<= 0.5: {'met' if ratio <= 0.5 else 'NOT met'}); "
+        f"benchmark {total:.0f} s"
+    )
+
+
+if __name__ == "__main__":
+    main()

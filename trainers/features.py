@@ -1,0 +1,309 @@
+"""The frozen-feature cache: a frozen backbone prefix runs once per image and orientation, for every trial.
+
+A frozen (or `partial:K`) trial's body prefix (stem + frozen stages, see FrostBackbone.cut_point) gives the
+same output for an image every time it sees it. Here that output is computed once per *key*, stored in the
+project folder (FROST_HOME/cache/features) and memory-mapped by every trial that shares the key; the
+detector's transform, neck, heads and trainable stages still run live. docs/feature-cache.md has the key, the
+file format, the budget and the equivalence caveats.
+
+The shard file format is in trainers/feature_store.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+from trainers.config import TrialSpec, frost_home
+from trainers.data import CocoDetection, hflip
+from trainers.feature_store import LOCK_FILE, SUFFIX, CorruptShard, Shard, open_shard, write_shard
+from trainers.files import file_lock
+from trainers.logs import log
+from trainers.models import FrostBackbone
+
+FORMAT_VERSION = 1
+DEFAULT_BUDGET_FRACTION = 0.25  # of the free disk under the cache root, when cache.budget_mb is unset
+BUILD_BATCH = 16
+
+
+def cache_root(home: Path | None = None) -> Path:
+    return (home or frost_home()) / "cache" / "features"
+
+
+def _digest(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def detector_parts(model: nn.Module) -> tuple[GeneralizedRCNNTransform, FrostBackbone]:
+    """The detector's input transform and backbone (every frost detector has both)."""
+    transform, backbone = model.transform, model.backbone
+    if not isinstance(transform, GeneralizedRCNNTransform) or not isinstance(backbone, FrostBackbone):
+        raise TypeError("feature cache: expected a detector from trainers.models.build_detector")
+    return transform, backbone
+
+
+# ---------------------------------------------------------------------------------------------------- key
+def dataset_digest(dataset: CocoDetection) -> str:
+    """Content digest of one split as a trial sees it: the annotation file's bytes and every used image's."""
+    sha = hashlib.sha256(dataset.annotation_file.read_bytes())
+    for image_id in dataset.image_ids:
+        sha.update(f"\0{image_id}\0".encode())
+        sha.update((dataset.image_dir / dataset.coco.imgs[image_id]["file_name"]).read_bytes())
+    return sha.hexdigest()
+
+
+def prefix_weights_digest(backbone: FrostBackbone) -> str:
+    """Digest of every tensor (parameters and buffers) of the body's frozen prefix: the weights as loaded."""
+    sha = hashlib.sha256()
+    cut = backbone.cut_point
+    for name, module in backbone.body.named_children():
+        for key, tensor in sorted(module.state_dict().items()):
+            if key.endswith("num_batches_tracked"):  # a counter: no effect on an eval-mode forward
+                continue
+            value = tensor.detach().cpu().contiguous()
+            sha.update(f"{name}.{key}:{value.dtype}:{tuple(value.shape)}".encode())
+            sha.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+        if name == cut:
+            break
+    return sha.hexdigest()
+
+
+def model_key(spec: TrialSpec, model: nn.Module) -> dict[str, Any]:
+    """What makes the prefix's features what they are, model side (the dataset side is in `shard_key`).
+
+    Not in it, on purpose: detector, neck, heads, optimisation and seed (they act after the prefix).
+    """
+    t, backbone = detector_parts(model)
+    return {
+        "format": FORMAT_VERSION,
+        "backbone": spec.backbone.name,
+        "norm": spec.backbone.norm,
+        "returned_stages": list(spec.backbone.returned_stages),
+        "cut": backbone.cut_point,
+        "outputs": backbone.prefix_outputs,
+        "weights": prefix_weights_digest(backbone),
+        "resize": {"min_size": list(t.min_size), "max_size": t.max_size, "fixed_size": t.fixed_size},
+        "size_divisible": t.size_divisible,
+        "normalise": {"mean": list(t.image_mean), "std": list(t.image_std)},
+        "dtype": spec.cache.dtype,
+    }
+
+
+def shard_key(key: dict[str, Any], split: str, data_digest: str, flip: bool) -> dict[str, Any]:
+    return {**key, "split": split, "dataset": data_digest, "flip": flip}
+
+
+def shard_path(root: Path, key: dict[str, Any]) -> Path:
+    model_part = {k: v for k, v in key.items() if k not in ("split", "dataset", "flip")}
+    orientation = "flip" if key["flip"] else "noflip"
+    return root / _digest(model_part)[:20] / f"{key['split']}-{orientation}-{_digest(key)[:20]}{SUFFIX}"
+
+
+# ---------------------------------------------------------------------------------------------- building
+def _input_batches(model: nn.Module, dataset: CocoDetection, flip: bool) -> Iterator[Tensor]:
+    """The body's input for every image of `dataset` in order, as the detector's own transform makes it."""
+    for start in range(0, len(dataset), BUILD_BATCH):
+        images = []
+        for index in range(start, min(start + BUILD_BATCH, len(dataset))):
+            image, target = dataset[index]
+            image = hflip(image, target)[0] if flip else image
+            images.append(image.float().div_(255))  # exactly as the training loop feeds the detector
+        yield detector_parts(model)[0](images)[0].tensors
+
+
+@torch.no_grad()
+def _prefix_batches(model: nn.Module, dataset: CocoDetection, flip: bool, dtype: str) -> Iterator[dict]:
+    device = next(model.parameters()).device
+    for inputs in _input_batches(model, dataset, flip):
+        maps = detector_parts(model)[1].forward_prefix(inputs.to(device))
+        yield {name: value.to("cpu", getattr(torch, dtype)).numpy() for name, value in maps.items()}
+
+
+def build_shard(path: Path, key: dict[str, Any], model: nn.Module, dataset: CocoDetection) -> int:
+    """Compute and write one shard; the model's mode and the global RNG are left exactly as they were."""
+    was_training = model.training
+    model.eval()  # the transform resizes to its test size (no random draw); frozen BN is in eval anyway
+    try:
+        with torch.random.fork_rng(devices=[]):
+            batches = _prefix_batches(model, dataset, key["flip"], key["dtype"])
+            return write_shard(path, key, list(dataset.image_ids), batches)
+    finally:
+        model.train(was_training)
+
+
+def estimate_bytes(model: nn.Module, input_size: list[int], images: int, dtype: str) -> int:
+    """Bytes of `images` records of a body input of `input_size` (H, W), from the prefix's maps."""
+    height, width = input_size
+    per_image = sum(
+        channels * math.ceil(height / stride) * math.ceil(width / stride)
+        for channels, stride in _prefix_map_shapes(detector_parts(model)[1])
+    )
+    return per_image * torch.empty(0, dtype=getattr(torch, dtype)).element_size() * images
+
+
+@torch.no_grad()
+def _prefix_map_shapes(backbone: FrostBackbone) -> list[tuple[int, int]]:
+    """(channels, stride) of every map the prefix stores, from one 64 x 64 probe (only when about to build)."""
+    probe = torch.zeros(1, 3, 64, 64, device=next(backbone.parameters()).device)
+    return [(m.shape[1], 64 // m.shape[-1]) for m in backbone.forward_prefix(probe).values()]
+
+
+# ---------------------------------------------------------------------------------------------- one trial
+@dataclass
+class CacheReport:
+    """What a trial reports about the cache: used or not, and what *this* trial spent building it."""
+
+    used: bool
+    build_s: float = 0.0
+    bytes_built: int = 0
+
+    def metrics(self) -> dict[str, float]:
+        return {"cache_used": int(self.used), "cache_build_s": self.build_s, "cache_bytes": self.bytes_built}
+
+
+class FeatureCache:
+    """The backbone's `prefix_source`: the cached maps of the batch named by the last `select`."""
+
+    def __init__(self, shards: dict[tuple[str, bool], Shard]) -> None:
+        self.shards = shards
+        self._selected: tuple[str, list[int], list[bool]] | None = None
+
+    def select(self, split: str, image_ids: list[int], flips: list[bool]) -> None:
+        self._selected = (split, image_ids, flips)
+
+    def __call__(self, x: Tensor) -> OrderedDict[str, Tensor]:
+        if self._selected is None:  # a forward nobody selected features for: never hand out stale ones
+            raise RuntimeError("feature cache: forward without a selected batch")
+        split, image_ids, flips = self._selected
+        self._selected = None
+        if x.shape[0] != len(image_ids):
+            raise RuntimeError(f"feature cache: batch of {x.shape[0]} images, {len(image_ids)} selected")
+        rows = []
+        for image_id, flip in zip(image_ids, flips):
+            shard = self.shards[(split, flip)]
+            if list(x.shape[-2:]) != shard.header["key"]["input_size"]:
+                raise RuntimeError(
+                    f"feature cache: input {tuple(x.shape[-2:])} but cached for {shard.header['key']['input_size']}"
+                )
+            rows.append(shard.records[shard.row[image_id]])
+        names = rows[0].dtype.names or ()
+        return OrderedDict(
+            (name, torch.from_numpy(np.stack([row[name] for row in rows])).to(x.device, x.dtype))
+            for name in names
+        )
+
+
+def cache_refusal(spec: TrialSpec, model: nn.Module, datasets: list[CocoDetection]) -> str | None:
+    """Why this trial cannot use the cache (one line for the log), or None."""
+    if not spec.cache.features:
+        return "off (cache.features=false)"
+    t, backbone = detector_parts(model)
+    if spec.backbone.freeze == "finetune" or backbone.cut_point is None:
+        return "ignored (cache.features) for a fine-tuned backbone: it has no fixed part to cache"
+    if len(t.min_size) != 1 or t.fixed_size is not None:
+        return "off: the detector's transform draws the input size at random"
+    sizes = {(ds.coco.imgs[i]["height"], ds.coco.imgs[i]["width"]) for ds in datasets for i in ds.image_ids}
+    if len(sizes) > 1:
+        # Batches pad to their largest image, and features near a border depend on that padding.
+        return f"off: images have {len(sizes)} different sizes, so batch padding would change features"
+    return None
+
+
+def budget_bytes(spec: TrialSpec, root: Path) -> int:
+    if spec.cache.budget_mb is not None:
+        return int(spec.cache.budget_mb * 2**20)
+    existing = root
+    while not existing.exists():
+        existing = existing.parent
+    return int(shutil.disk_usage(existing).free * DEFAULT_BUDGET_FRACTION)
+
+
+def _input_size(model: nn.Module, dataset: CocoDetection) -> list[int]:
+    was_training = model.training
+    model.eval()
+    try:
+        return list(detector_parts(model)[0]([dataset[0][0].float()])[0].tensors.shape[-2:])
+    finally:
+        model.train(was_training)
+
+
+def _wanted_shards(
+    spec: TrialSpec, train: CocoDetection, val: CocoDetection
+) -> list[tuple[str, CocoDetection, bool]]:
+    wanted = [("train", train, False)] if spec.input.hflip < 1 else []
+    if spec.input.hflip > 0:
+        wanted.append(("train", train, True))  # features of a flipped image are not flipped features
+    return [*wanted, ("val", val, False)]
+
+
+def prepare_feature_cache(
+    spec: TrialSpec, model: nn.Module, train: CocoDetection, val: CocoDetection, root: Path | None = None
+) -> tuple[FeatureCache | None, CacheReport]:
+    """Open this trial's shards, building the missing or corrupt ones first under the key's lock.
+
+    Under the lock, so concurrent trials of one key never both build: the first builds, the others wait and
+    then read. Over the budget nothing is built and the trial trains without the cache (one log line).
+    """
+    reason = cache_refusal(spec, model, [train, val])
+    if reason:
+        log.info("feature cache: %s", reason)
+        return None, CacheReport(False)
+    root = root or cache_root()
+    key = {**model_key(spec, model), "input_size": _input_size(model, train)}
+    wanted = [
+        (split, ds, shard_key(key, split, dataset_digest(ds), flip))
+        for split, ds, flip in _wanted_shards(spec, train, val)
+    ]
+    with file_lock(shard_path(root, wanted[0][2]).parent / LOCK_FILE):
+        shards, missing = {}, []
+        for split, ds, skey in wanted:
+            path = shard_path(root, skey)
+            try:
+                shards[(split, skey["flip"])] = open_shard(path, skey)
+                continue
+            except FileNotFoundError:
+                pass
+            except CorruptShard as exc:
+                log.info("feature cache: %s", f"{exc}: rebuilding it")
+                path.unlink()
+            missing.append((split, ds, skey))
+        if not missing:
+            log.info(
+                "feature cache: %s",
+                f"reading {len(shards)} shard(s) under {shard_path(root, wanted[0][2]).parent}",
+            )
+            return FeatureCache(shards), CacheReport(True)
+        images = sum(len(ds) for _, ds, _ in missing)
+        estimate = estimate_bytes(model, key["input_size"], images, spec.cache.dtype)
+        budget = budget_bytes(spec, root)
+        if estimate > budget:
+            log.info(
+                "feature cache: %s",
+                f"not built: estimated {estimate / 2**20:.1f} MiB exceeds the budget of {budget / 2**20:.1f} MiB "
+                "(cache.budget_mb); training without the cache",
+            )
+            return None, CacheReport(False)
+        start, built = time.perf_counter(), 0
+        for split, ds, skey in missing:
+            path = shard_path(root, skey)
+            built += build_shard(path, skey, model, ds)
+            shards[(split, skey["flip"])] = open_shard(path, skey)
+        seconds = time.perf_counter() - start
+    log.info(
+        "feature cache: %s",
+        f"built {len(missing)} shard(s), {built / 2**20:.1f} MiB in {seconds:.1f} s (estimate {estimate / 2**20:.1f} MiB)",
+    )
+    return FeatureCache(shards), CacheReport(True, seconds, built)
