@@ -9,8 +9,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from trainers.errors import FrostError, TrainingError
+
+if TYPE_CHECKING:
+    from sweeps.spec import SweepSpec
 
 
 class _Parser(argparse.ArgumentParser):
@@ -55,10 +59,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_warnings(spec: SweepSpec) -> None:
+    """Valid but likely unintended (one line each, on stderr; the exit code is unchanged)."""
+    from sweeps.spec import spec_warnings
+
+    for warning in spec_warnings(spec):
+        print(f"frost: warning: {warning}", file=sys.stderr)
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     from sweeps.spec import load_sweep_spec
 
     spec = load_sweep_spec(args.spec, args.set)
+    _print_warnings(spec)
     print(f"{args.spec}: valid sweep '{spec.name}' ({spec.digest()})")
     return 0
 
@@ -75,6 +88,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from sweeps.spec import load_sweep_spec
 
     spec = load_sweep_spec(args.spec, args.set)
+    _print_warnings(spec)
     summary = run_sweep(spec, root=args.root, address=args.address, force=args.force)
     if args.json:
         print(json.dumps(summary))

@@ -68,9 +68,7 @@ class SweepSpec(_Strict):
     samples: int = Field(
         1, ge=1, description="Tune num_samples: repeats of the grid / draws of random samplers"
     )
-    scheduler: SchedulerSpec = Field(
-        default_factory=lambda: FifoSpec(type="fifo"), validate_default=True
-    )
+    scheduler: SchedulerSpec = Field(default_factory=lambda: FifoSpec(type="fifo"), validate_default=True)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, validate_default=True)
     max_concurrent_trials: int | None = Field(None, ge=1)
     max_failures: int = Field(2, ge=-1, description="retries of a failed trial (-1: forever)")
