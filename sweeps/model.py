@@ -13,14 +13,13 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from sweeps.samplers import GridSampler, Sampler, _Strict
 from sweeps.search import Problem, _possible_values, parse_search
 from sweeps.sections import (
-    METRIC_DIRECTIONS,
-    SCHEDULER_METRICS,
     AshaSpec,
     FifoSpec,
     ResourcesSpec,
     SchedulerSpec,
     TrackingSpec,
     _check_asha,
+    metric_problems,
     strata_problems,
 )
 from trainers.config import TrialSpec
@@ -107,22 +106,7 @@ class SweepSpec(_Strict):
     @field_validator("scheduler")
     @classmethod
     def _scheduler(cls, scheduler: AshaSpec | FifoSpec, info: ValidationInfo) -> AshaSpec | FifoSpec:
-        problems: list[Problem] = []
-        if scheduler.metric not in SCHEDULER_METRICS:
-            problems.append(
-                (
-                    ("metric",),
-                    f"{scheduler.metric!r} is not a metric the trainer reports; one of {', '.join(SCHEDULER_METRICS)}",
-                )
-            )
-        direction = METRIC_DIRECTIONS.get(scheduler.metric)
-        if direction and direction != scheduler.mode:
-            problems.append(
-                (
-                    ("mode",),
-                    f"{scheduler.mode!r} would favour the worst trials: {scheduler.metric} wants mode: {direction}",
-                )
-            )
+        problems = metric_problems(scheduler)
         trial, search = info.data.get("trial"), _known_search(info, ("train.epochs", "eval.every"))
         if isinstance(scheduler, AshaSpec) and scheduler.stratify_by is not None:
             strata_search = _known_search(info, (scheduler.stratify_by,))

@@ -110,6 +110,27 @@ class TrackingSpec(_Strict):
     experiment: str | None = Field(None, min_length=1, description="MLflow experiment; None: the sweep name")
 
 
+def metric_problems(scheduler: AshaSpec | FifoSpec) -> list[Problem]:
+    """The scheduler's metric is one the trainer reports, ranked in the direction that makes sense for it."""
+    problems: list[Problem] = []
+    if scheduler.metric not in SCHEDULER_METRICS:
+        problems.append(
+            (
+                ("metric",),
+                f"{scheduler.metric!r} is not a metric the trainer reports; one of {', '.join(SCHEDULER_METRICS)}",
+            )
+        )
+    direction = METRIC_DIRECTIONS.get(scheduler.metric)
+    if direction and direction != scheduler.mode:
+        problems.append(
+            (
+                ("mode",),
+                f"{scheduler.mode!r} would favour the worst trials: {scheduler.metric} wants mode: {direction}",
+            )
+        )
+    return problems
+
+
 def _check_asha(asha: AshaSpec, trial: TrialSpec, search: dict[str, Any]) -> tuple[AshaSpec, list[Problem]]:
     """ASHA against the trial: max_epochs within every possible train.epochs, and every epoch at which
     ASHA decides carries the metric (Ray's ASHA silently skips a report without it: docs/scheduling.md)."""
