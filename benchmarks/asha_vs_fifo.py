@@ -26,7 +26,13 @@ ARMS = ("fifo", "asha", "strat-last", "strat-best", "strat-ema")
 def scheduler_for(arm: str, grace: int, reduction: float) -> dict[str, Any]:
     if arm == "fifo":
         return {"type": "fifo", "metric": "AP", "mode": "max"}
-    asha = {"type": "asha", "metric": "AP", "mode": "max", "grace_period": grace, "reduction_factor": reduction}
+    asha = {
+        "type": "asha",
+        "metric": "AP",
+        "mode": "max",
+        "grace_period": grace,
+        "reduction_factor": reduction,
+    }
     if arm == "asha":
         return asha
     return {**asha, "stratify_by": "backbone.freeze", "rung_metric": arm.removeprefix("strat-")}
@@ -86,7 +92,9 @@ def main() -> None:
     parser.add_argument("--arms", default=",".join(ARMS))
     parser.add_argument("--grace", type=int, default=1)
     parser.add_argument("--reduction", type=float, default=2)
-    parser.add_argument("--weights", default="builtin", help="backbone.weights: builtin, none or a checkpoint")
+    parser.add_argument(
+        "--weights", default="builtin", help="backbone.weights: builtin, none or a checkpoint"
+    )
     parser.add_argument("--train-images", type=int, default=LIGHT_TRIAL["data"]["limit_train"])
     parser.add_argument("--val-images", type=int, default=LIGHT_TRIAL["data"]["limit_val"])
     parser.add_argument("--image-size", type=int, default=128)

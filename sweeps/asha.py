@@ -207,6 +207,10 @@ class PersistentASHA(AsyncHyperBandScheduler):
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         self._ensure_loaded()
+        if trial.trial_id in self._decisions:
+            # Stopped before a driver restart that Tune's lagging experiment snapshot missed: Tune resumed it
+            # from its checkpoint, and it stays stopped with the decision first made (docs/scheduling.md).
+            return TrialScheduler.STOP
         self._place(trial)
         action = TrialScheduler.CONTINUE
         if self._time_attr in result and self._metric in result:

@@ -106,6 +106,18 @@ def test_min_mode_cutoff_is_in_the_metric_units():
     assert scheduler.decisions()["c"].cutoff == 2.0
 
 
+def test_a_stopped_trial_that_reports_again_stays_stopped_with_its_first_decision():
+    # After a driver SIGKILL, Tune may resume a trial ASHA had stopped (its snapshot lags): it reports again.
+    scheduler = asha()
+    a, b = trial("a"), trial("b")
+    report(scheduler, a, 1, 0.5)
+    report(scheduler, a, 2, 0.9)
+    assert report(scheduler, b, 1, 0.1) == STOP
+    first = scheduler.decisions()["b"]
+    assert report(scheduler, b, 2, 0.95) == STOP
+    assert scheduler.decisions() == {"b": first} and first.rung == 1
+
+
 def test_a_trial_reaching_max_epochs_is_not_a_stop_on_record():
     scheduler = asha(max_t=2)
     a, b = trial("a"), trial("b")

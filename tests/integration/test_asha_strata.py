@@ -125,5 +125,11 @@ def test_stops_are_the_same_after_a_sigkill_at_a_rung_boundary_and_restore(runs,
     assert len(decided_before) < 4  # killed mid-sweep
 
     restored = finish(start("restore", storage, "killed", "--stratify"))
-    assert by_arm(restored) == by_arm(runs["stratified"])
+    after, straight = by_arm(restored), by_arm(runs["stratified"])
+    assert {arm: a["stop"] for arm, a in after.items()} == {arm: a["stop"] for arm, a in straight.items()}
+    # Epochs: the same, but a trial stopped just before the kill may run the epoch Tune's lagging snapshot
+    # resumed it into (then it stops with the decision first made).
+    for arm, trial in after.items():
+        extra = trial["epochs"] - straight[arm]["epochs"]
+        assert extra == 0 or (extra == 1 and trial["stop"] is not None), (arm, trial, straight[arm])
     assert decided_before <= set(restored["decisions"])
