@@ -54,6 +54,55 @@ def measure(arm: str, summary: dict[str, Any], wall: float) -> dict[str, Any]:
     }
 
 
+def fifo_curves(sweep_dir: Path) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """Each FIFO trial's searched values and per-epoch history (AP, epoch_time_s), in Tune's trial order."""
+    from service.status import searched_values, trial_history
+
+    searched = ["backbone.freeze", "neck.fpn_channels"]
+    return [
+        (searched_values(trial, searched), trial_history(trial))
+        for trial in sorted((sweep_dir / "trials").iterdir())
+    ]
+
+
+def replay(arm: str, curves: list, grace: int, reduction: float, max_epochs: int) -> dict[str, Any]:
+    """ASHA (frost's PersistentASHA itself) deciding on FIFO's recorded curves: 2 slots as in the real sweeps,
+    trials started in Tune's order, each epoch's result arriving after its recorded epoch time. What a rung
+    metric would have done, without running the grid again."""
+    from ray.tune.experiment import Trial
+
+    from sweeps.asha import PersistentASHA
+
+    spec = scheduler_for(arm.removeprefix("replay-"), grace, reduction)
+    scheduler = PersistentASHA(
+        stratify_by=spec.get("stratify_by"), rung_metric=spec.get("rung_metric", "last"), time_attr="epoch",
+        metric="AP", mode="max", max_t=max_epochs, grace_period=grace, reduction_factor=reduction,
+    )  # fmt: skip
+    trials = [
+        Trial("replay", config=config, trial_id=str(i), stub=True) for i, (config, _) in enumerate(curves)
+    ]
+    queue, events, ran = list(range(len(curves))), [], {}
+
+    def start(i: int, at: float) -> None:
+        events.append((at + curves[i][1][0]["epoch_time_s"], i, 0))
+
+    for _ in range(2):  # max_concurrent_trials
+        if queue:
+            start(queue.pop(0), 0.0)
+    while events:
+        events.sort()
+        at, i, k = events.pop(0)
+        epoch, ran[i] = curves[i][1][k], k + 1
+        action = scheduler.on_trial_result(None, trials[i], {"epoch": epoch["epoch"], "AP": epoch["AP"]})
+        if action != "STOP" and k + 1 < len(curves[i][1]):
+            events.append((at + curves[i][1][k + 1]["epoch_time_s"], i, k + 1))
+        elif queue:
+            start(queue.pop(0), at)
+    summary = {"trials": [{"config": curves[i][0], "epochs": n,
+                           "AP": max(e["AP"] for e in curves[i][1][:n])} for i, n in ran.items()]}  # fmt: skip
+    return measure(arm, summary, float("nan"))
+
+
 def verdicts(row: dict[str, Any]) -> dict[int, str]:
     """Per capacity: the freeze mode with the higher best AP (ties read as 'tie')."""
     out = {}
@@ -67,7 +116,7 @@ def print_table(rows: list[dict[str, Any]], title: str) -> None:
     fifo = rows[0]
     print(f"\n{title}")
     print(
-        f"{'arm':<12}{'trials':>7}{'trial-epochs':>14}{'ratio':>7}{'wall s':>8}"
+        f"{'arm':<19}{'trials':>7}{'trial-epochs':>14}{'ratio':>7}{'wall s':>8}"
         f"{'best AP frozen':>16}{'(xFIFO)':>8}{'best AP finetune':>18}{'(xFIFO)':>8}"
         f"{'verdicts = FIFO':>17}  target"
     )
@@ -77,7 +126,7 @@ def print_table(rows: list[dict[str, Any]], title: str) -> None:
         agree = sum(verdicts(row)[c] == verdicts(fifo)[c] for c in verdicts(fifo))
         met = ratio <= 0.5 and all(keep[m] >= 0.95 for m in MODES)
         print(
-            f"{row['arm']:<12}{row['trials']:>7}{row['epochs']:>14}{ratio:>7.2f}{row['wall']:>8.0f}"
+            f"{row['arm']:<19}{row['trials']:>7}{row['epochs']:>14}{ratio:>7.2f}{row['wall']:>8.0f}"
             f"{row['best']['frozen']:>16.4f}{keep['frozen']:>8.2f}{row['best']['finetune']:>18.4f}"
             f"{keep['finetune']:>8.2f}{f'{agree}/{len(verdicts(fifo))}':>17}  "
             f"{'-' if row['arm'] == 'fifo' else ('met' if met else 'not met')}"
@@ -89,7 +138,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--capacities", default="32,64,128", help="FPN widths")
-    parser.add_argument("--arms", default=",".join(ARMS))
+    parser.add_argument("--arms", default="fifo,asha,strat-last", help=f"run for real, of {', '.join(ARMS)}")
     parser.add_argument("--grace", type=int, default=1)
     parser.add_argument("--reduction", type=float, default=2)
     parser.add_argument(
@@ -98,6 +147,7 @@ def main() -> None:
     parser.add_argument("--train-images", type=int, default=LIGHT_TRIAL["data"]["limit_train"])
     parser.add_argument("--val-images", type=int, default=LIGHT_TRIAL["data"]["limit_val"])
     parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--warmup-steps", type=int, default=8, help="optim.warmup_steps (toy runs are short)")
     args = parser.parse_args()
     arms = args.arms.split(",")
     assert arms[0] == "fifo", "FIFO is the reference: list it first"
@@ -107,6 +157,7 @@ def main() -> None:
         "data": {"limit_train": args.train_images, "limit_val": args.val_images},
         "input": {"image_size": args.image_size},
         "backbone": {"weights": args.weights},
+        "optim": {"warmup_steps": args.warmup_steps},
         "train": {**LIGHT_TRIAL["train"], "epochs": args.epochs},
         "seed": 0,
     }
@@ -121,11 +172,20 @@ def main() -> None:
             print(f"sweep with {arm} ...", file=sys.stderr, flush=True)
             summary, wall = frost(["run", str(write_spec(Path(tmp) / f"{arm}.yaml", sweep)), "--json"], home)
             rows.append(measure(arm, summary, wall))
+            if arm == "fifo":
+                curves = fifo_curves(Path(tmp) / "sweeps" / sweep["name"])
+        replayed = [
+            replay(f"replay-{arm}", curves, args.grace, args.reduction, args.epochs) for arm in ARMS[1:]
+        ]
     print_table(
         rows,
         f"{2 * len(capacities)}-trial grid (freeze x FPN width {args.capacities}), {args.epochs} epochs max, "
         f"grace {args.grace}, reduction {args.reduction:g}, {args.train_images} train / {args.val_images} val "
         f"images, {args.image_size} px, weights {Path(args.weights).name}",
+    )
+    print_table(
+        [rows[0], *replayed],
+        "The same schedulers replayed on FIFO's recorded curves (no wall time: nothing ran again)",
     )
 
 

@@ -133,3 +133,47 @@ def test_stops_are_the_same_after_a_sigkill_at_a_rung_boundary_and_restore(runs,
         extra = trial["epochs"] - straight[arm]["epochs"]
         assert extra == 0 or (extra == 1 and trial["stop"] is not None), (arm, trial, straight[arm])
     assert decided_before <= set(restored["decisions"])
+
+
+def test_frost_run_set_stratify_by_keeps_strata_in_the_sweeps_json_state(tmp_path):
+    from helpers import frost, tiny_sweep
+
+    spec = tmp_path / "strata.yaml"
+    spec.write_text(
+        json.dumps(
+            tiny_sweep(
+                "strata",
+                lrs=[],
+                epochs=2,
+                concurrent=1,
+                warmup_steps=0,
+                search={
+                    "backbone.freeze": {"grid": ["frozen", "finetune"]},
+                    "optim.lr": {"grid": [0.05, 1e-9]},
+                },
+                scheduler={"type": "asha", "metric": "loss", "mode": "min", "grace_period": 1},
+            )
+        )
+    )
+    root = tmp_path / "root"
+    driver = frost("run", str(spec), "--json", "--set", "scheduler.stratify_by=backbone.freeze", root=root)
+    out, err = driver.communicate(timeout=900)
+    assert driver.returncode == 0, err[-3000:]
+    assert "warning" not in err  # stratified: nothing to warn about
+    summary = json.loads(out.strip().splitlines()[-1])
+    sweep = root / "sweeps" / "strata"
+    state = json.loads((sweep / "asha-state.json").read_text())
+    assert not (sweep / "asha-state.pkl").exists()
+    assert state["stratify_by"] == "backbone.freeze" and set(state["strata"]) == {"frozen", "finetune"}
+    for freeze in (
+        "frozen",
+        "finetune",
+    ):  # every stratum's first trial at the rung passes: one ran both epochs
+        epochs = [t["epochs"] for t in summary["trials"] if t["config"]["backbone.freeze"] == freeze]
+        assert len(epochs) == 2 and max(epochs) == 2
+    stopped = {t["trial_id"] for t in summary["trials"] if t["epochs"] < 2}
+    decisions = read_decisions(sweep / "asha-state.pkl")  # the driver's path; read as its .json sibling
+    assert set(decisions) == stopped
+    for trial_id, decision in decisions.items():
+        freeze = next(t["config"]["backbone.freeze"] for t in summary["trials"] if t["trial_id"] == trial_id)
+        assert decision.stratum == freeze and decision.rung == 1 and decision.value > decision.cutoff  # min
