@@ -144,6 +144,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     metric, mode = ranking(spec)
     status = sweep_status(directory, metric, mode, spec.trial_count(), list(spec.search))
     status["best"] = best_trial(status["trials"], metric, mode)
+    _add_asha_stops(status, directory)
     if args.plot:
         from service.plots import plot_sweep
 
@@ -167,10 +168,24 @@ def _cmd_status(args: argparse.Namespace) -> int:
             f"  {trial['trial_id']}  {trial['state']:<11} {trial['fate'] or '':<11} epochs {trial['epochs']:>3}  "
             f"{metric} {shown}  {trial['config']}"
         )
+        if trial["asha"]:
+            print(f"      {trial['asha']['describe']}")
     if status["best"]:
         best = status["best"]
         print(f"best so far: {best['trial_id']} {metric}={best[metric]:.4f} {best['config']}")
     return 0
+
+
+def _add_asha_stops(status: dict, directory: Path) -> None:
+    """Each trial's `asha`: why ASHA stopped it (stratum, rung, its rung value, the cutoff it missed), or None."""
+    import dataclasses
+
+    from sweeps.asha import STATE_FILE, read_decisions
+
+    decisions = read_decisions(directory / STATE_FILE)
+    for trial in status["trials"]:
+        decision = decisions.get(trial["trial_id"])
+        trial["asha"] = decision and {**dataclasses.asdict(decision), "describe": decision.describe()}
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:

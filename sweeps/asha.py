@@ -33,6 +33,8 @@ from trainers.errors import FrostError
 from trainers.files import atomic_write_json, read_json, read_json_or
 
 STATE_FORMAT = "frost.asha/1"
+# The state's file name beside a sweep (the driver's `sweep_dir(...) / STATE_FILE`).
+STATE_FILE = "asha-state.json"
 # The stratum of every trial when the sweep is not stratified.
 UNSTRATIFIED = "(all)"
 # Weight of the newest epoch in the `ema` rung metric: half, so one noisy epoch moves it half as far.

@@ -177,3 +177,14 @@ def test_frost_run_set_stratify_by_keeps_strata_in_the_sweeps_json_state(tmp_pat
     for trial_id, decision in decisions.items():
         freeze = next(t["config"]["backbone.freeze"] for t in summary["trials"] if t["trial_id"] == trial_id)
         assert decision.stratum == freeze and decision.rung == 1 and decision.value > decision.cutoff  # min
+
+    status = frost("status", "strata", "--json", root=root)
+    out, err = status.communicate(timeout=120)
+    assert status.returncode == 0, err[-3000:]
+    shown = {t["trial_id"]: t["asha"] for t in json.loads(out.strip().splitlines()[-1])["trials"]}
+    assert {t for t, stop in shown.items() if stop} == stopped
+    for trial_id in stopped:
+        assert shown[trial_id]["cutoff"] == decisions[trial_id].cutoff
+        assert shown[trial_id]["describe"].startswith(
+            f"stopped at rung 1 among {decisions[trial_id].stratum}: loss"
+        )
