@@ -153,7 +153,18 @@ class PersistentASHA(AsyncHyperBandScheduler):
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Whatever copy Tune unpickles on restore, the file beside the sweep is the newest state.
         self.__dict__.update(state)
+        if "_strata" not in state:
+            self._upgrade_legacy()
         self._loaded = self._state_path is None
+
+    def _upgrade_legacy(self) -> None:
+        """A scheduler pickled (in Tune's experiment state) by frost before strata: one pool, rung metric
+        `last`, and its rungs start afresh (they were kept in a pickle, which is not read)."""
+        self._grace_period = int(min(m for m, _ in self._brackets[0]._rungs))
+        self._bracket_count = len(self._brackets)
+        self._stratify_by, self._rung_metric = None, "last"
+        self._state_path = None if self._state_path is None else str(json_state_path(self._state_path))
+        self._strata, self._placement, self._history, self._decisions = {}, {}, {}, {}
 
     # ---- the hook: which stratum and bracket a trial joins ----------------------------------------------
 

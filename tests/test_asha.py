@@ -192,6 +192,17 @@ def test_a_legacy_pickle_name_is_read_as_its_json_sibling(tmp_path):
     assert not marker.exists()
 
 
+def test_a_scheduler_pickled_before_strata_resumes_as_one_pool(tmp_path):
+    old = asha(tmp_path / "asha-state.pkl")
+    for name in ("_strata", "_placement", "_history", "_decisions", "_grace_period", "_bracket_count"):
+        del old.__dict__[name]
+    old.__dict__.update(_stratify_by=None, _rung_metric=None, _state_path=str(tmp_path / "asha-state.pkl"))
+    restored = pickle.loads(pickle.dumps(old))  # Tune's experiment state of a sweep started by the old code
+    a, b = trial("a"), trial("b")
+    assert report(restored, a, 1, 0.5) == CONTINUE and report(restored, b, 1, 0.1) == STOP
+    assert set(json.loads((tmp_path / "asha-state.json").read_text())["trials"]) == {"a", "b"}
+
+
 def test_a_state_of_other_rungs_is_refused(tmp_path):
     path = tmp_path / "asha-state.json"
     first = asha(path)
