@@ -159,7 +159,7 @@ def test_frost_run_set_stratify_by_keeps_strata_in_the_sweeps_json_state(tmp_pat
     driver = frost("run", str(spec), "--json", "--set", "scheduler.stratify_by=backbone.freeze", root=root)
     out, err = driver.communicate(timeout=900)
     assert driver.returncode == 0, err[-3000:]
-    assert "warning" not in err  # stratified: nothing to warn about
+    assert "frost: warning:" not in err  # stratified: nothing to warn about
     summary = json.loads(out.strip().splitlines()[-1])
     sweep = root / "sweeps" / "strata"
     state = json.loads((sweep / "asha-state.json").read_text())
