@@ -195,8 +195,8 @@ def spec_warnings(spec: SweepSpec) -> list[str]:
         for path in _SPEED_PATHS:
             if path in spec.search:
                 warnings.append(
-                    f"scheduler: ASHA searches {path} without stratify_by, so trials of one {path} are stopped "
-                    f"for learning slower early than another's; set scheduler.stratify_by: {path} "
+                    f"scheduler: ASHA searches {path} without stratify_by: its values share rungs, so the one "
+                    f"that learns faster early stops the others; set scheduler.stratify_by: {path} "
                     "(docs/scheduling.md)"
                 )
     return warnings
