@@ -242,12 +242,17 @@ class PersistentASHA(AsyncHyperBandScheduler):
 
     def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
         self._ensure_loaded()
-        if trial.trial_id in self._placement and self._time_attr in result and self._metric in result:
+        decided = trial.trial_id in self._decisions  # a stopped trial's later epochs must not enter the rungs
+        if (
+            not decided
+            and trial.trial_id in self._placement
+            and self._time_attr in result
+            and self._metric in result
+        ):
             epoch = int(result[self._time_attr])
             self._history.setdefault(trial.trial_id, {})[epoch] = float(result[self._metric])
-            self._judge(
-                trial, epoch
-            )  # records the final result at a rung not reached yet, as Ray does; no stop
+            # Ray records a final result at a rung the trial had not reached yet; a trial ending is no stop.
+            self._judge(trial, epoch)
         self._placement.pop(trial.trial_id, None)
         self._persist()
 

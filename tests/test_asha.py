@@ -115,7 +115,13 @@ def test_a_stopped_trial_that_reports_again_stays_stopped_with_its_first_decisio
     assert report(scheduler, b, 1, 0.1) == STOP
     first = scheduler.decisions()["b"]
     assert report(scheduler, b, 2, 0.95) == STOP
+    scheduler.on_trial_complete(None, b, {"epoch": 2, "AP": 0.95})
     assert scheduler.decisions() == {"b": first} and first.rung == 1
+    assert [[t for t, _ in pairs] for _, pairs in scheduler.state()["strata"][UNSTRATIFIED][0]] == [
+        [],  # rung 4
+        ["a"],  # rung 2: b's resumed epoch is not a rung record
+        ["a", "b"],  # rung 1
+    ]
 
 
 def test_a_trial_reaching_max_epochs_is_not_a_stop_on_record():
