@@ -37,6 +37,10 @@ STATE_FORMAT = "frost.asha/1"
 STATE_FILE = "asha-state.json"
 # The stratum of every trial when the sweep is not stratified.
 UNSTRATIFIED = "(all)"
+_REFUSED = (
+    "refusing to use it (nothing in it is run). Remove the file to let ASHA start its rungs afresh "
+    "(the decisions already made are then forgotten)"
+)
 # Weight of the newest epoch in the `ema` rung metric: half, so one noisy epoch moves it half as far.
 EMA_WEIGHT = 0.5
 
@@ -351,10 +355,7 @@ class PersistentASHA(AsyncHyperBandScheduler):
         """Replace the in-memory state by `state` (as `state()` returns it); FrostError if it is not one of
         this scheduler's: another format, another metric or rung layout, or malformed."""
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-            raise FrostError(
-                f"{source}: not a frost ASHA state ({STATE_FORMAT} JSON); refusing to use it. Remove the file "
-                "to let ASHA start its rungs afresh (decisions already made are then forgotten)"
-            )
+            raise FrostError(f"{source}: not a frost ASHA state ({STATE_FORMAT} JSON); {_REFUSED}")
         mine = (self._metric, self._mode, self._stratify_by, self._rung_metric)
         theirs = (state.get("metric"), state.get("mode"), state.get("stratify_by"), state.get("rung_metric"))
         if mine != theirs:
@@ -391,7 +392,11 @@ class PersistentASHA(AsyncHyperBandScheduler):
         self._loaded = True
         assert self._state_path is not None
         if Path(self._state_path).exists():
-            self.load_state(read_json(Path(self._state_path), "ASHA state"), self._state_path)
+            try:
+                state = read_json(Path(self._state_path), "ASHA state")
+            except FrostError as exc:
+                raise FrostError(f"{exc}; {_REFUSED}") from None
+            self.load_state(state, self._state_path)
 
     def _persist(self) -> None:
         if self._state_path is not None:

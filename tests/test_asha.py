@@ -181,7 +181,9 @@ def test_a_planted_state_file_is_refused_and_never_executed(tmp_path, content):
     }[content]
     path.write_bytes(data)
     scheduler = pickle.loads(pickle.dumps(asha(path)))  # as after Tuner.restore
-    with pytest.raises(FrostError, match=str(path)):
+    with pytest.raises(
+        FrostError, match=f"{path}.*refusing to use it .nothing in it is run. Remove the file"
+    ):
         scheduler.on_trial_add(None, trial("a"))
     assert not marker.exists()
     assert read_decisions(path) == {}  # status views read past it
