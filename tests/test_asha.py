@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -181,9 +182,8 @@ def test_a_planted_state_file_is_refused_and_never_executed(tmp_path, content):
     }[content]
     path.write_bytes(data)
     scheduler = pickle.loads(pickle.dumps(asha(path)))  # as after Tuner.restore
-    with pytest.raises(
-        FrostError, match=f"{path}.*refusing to use it .nothing in it is run. Remove the file"
-    ):
+    refused = re.escape("refusing to use it (nothing in it is run). Remove the file")
+    with pytest.raises(FrostError, match=f"{re.escape(str(path))}.*{refused}"):
         scheduler.on_trial_add(None, trial("a"))
     assert not marker.exists()
     assert read_decisions(path) == {}  # status views read past it
