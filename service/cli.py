@@ -20,6 +20,7 @@ from trainers.errors import FrostError, TrainingError
 
 if TYPE_CHECKING:
     from service.results import SweepSummary
+    from sweeps.spec import SweepSpec
 
 
 class _Parser(argparse.ArgumentParser):
@@ -70,10 +71,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_warnings(spec: SweepSpec) -> None:
+    """Valid but likely unintended (one line each, on stderr; the exit code is unchanged)."""
+    from sweeps.spec import spec_warnings
+
+    for warning in spec_warnings(spec):
+        print(f"frost: warning: {warning}", file=sys.stderr)
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     from sweeps.spec import load_sweep_spec
 
     spec = load_sweep_spec(args.spec, args.set)
+    _print_warnings(spec)
     print(f"{args.spec}: valid sweep '{spec.name}' ({spec.digest()})")
     return 0
 
@@ -90,6 +100,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from sweeps.spec import load_sweep_spec
 
     spec = load_sweep_spec(args.spec, args.set)
+    _print_warnings(spec)
     summary = run_sweep(spec, root=args.root, address=args.address, force=args.force, verbose=args.verbose)
     if args.json:
         print(json.dumps(summary.to_json()))

@@ -7,6 +7,7 @@ keeps each trial's per-epoch history in its newest checkpoint (`history.json`, r
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import yaml
 
 from service.project import SPEC_FILE
 from service.results import FATE_STATE, SweepSummary, TrialRow, best_value, is_number
+from sweeps.asha_state import STATE_FILE, read_decisions
 from sweeps.spec import SweepSpec, load_sweep_spec
 from trainers.files import read_json_or
 
@@ -84,6 +86,7 @@ def sweep_status(directory: Path, spec: SweepSpec | None = None) -> SweepSummary
     runs = tracking.get("trials") if isinstance(tracking.get("trials"), dict) else {}
     assert isinstance(runs, dict)
     trial_ids = sorted(set(runs) | {p.name for p in trial_dirs(directory)})
+    decisions = read_decisions(directory / STATE_FILE)
     trials = [
         _row(tid, runs[tid] if isinstance(runs.get(tid), dict) else {}, directory / "trials" / tid, spec)
         for tid in trial_ids
@@ -98,6 +101,12 @@ def sweep_status(directory: Path, spec: SweepSpec | None = None) -> SweepSummary
         experiment=spec.experiment_name,
         parent_run_id=tracking.get("parent_run_id"),
     )
+    for row in trials:
+        decision = decisions.get(row.trial_id)
+        row.extra["asha"] = None
+        if decision is not None:
+            row.extra["asha"] = {**dataclasses.asdict(decision), "describe": decision.describe()}
+            row.extra["stop_reason"] = decision.describe()
     summary.state = (
         "COMPLETE"
         if summary.complete

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from sweeps.spec import (
     AshaSpec,
@@ -89,34 +89,30 @@ def trial_spec_for(spec: SweepSpec, config: dict[str, Any]) -> TrialSpec:
 
 
 def build_scheduler(spec: SweepSpec, state_path: str | Path | None = None) -> TrialScheduler:
-    """ASHA on the trainer's `epoch` counter, or FIFO (every trial runs all its epochs).
+    """ASHA on the trainer's `epoch` counter (sweeps/asha.py: strata, rung metric, recorded stops), or FIFO
+    (every trial runs all its epochs).
 
-    With `state_path`, ASHA's rungs are persisted there and survive a driver restart (sweeps/asha.py)."""
+    With `state_path`, ASHA's state is persisted there as JSON and survives a driver restart; a legacy
+    `.pkl` name is read as its `.json` sibling."""
     scheduler = spec.scheduler
-    if isinstance(scheduler, AshaSpec):
-        if state_path is not None:
-            from sweeps.asha import PersistentASHA
+    if not isinstance(scheduler, AshaSpec):
+        return FIFOScheduler()
+    from sweeps.asha import PersistentASHA
 
-            return PersistentASHA(
-                state_path,
-                time_attr=TIME_ATTR,
-                metric=scheduler.metric,
-                mode=scheduler.mode,
-                max_t=scheduler.max_epochs,
-                grace_period=scheduler.grace_period,
-                reduction_factor=scheduler.reduction_factor,
-                brackets=scheduler.brackets,
-            )
-        return ASHAScheduler(
-            time_attr=TIME_ATTR,
-            metric=scheduler.metric,
-            mode=scheduler.mode,
-            max_t=scheduler.max_epochs,  # filled in by validation when the YAML leaves it out
-            grace_period=scheduler.grace_period,
-            reduction_factor=scheduler.reduction_factor,
-            brackets=scheduler.brackets,
-        )
-    return FIFOScheduler()
+    if scheduler.max_epochs is None:  # validation fills it in; a spec built without validation has none
+        raise FrostError(f"sweep '{spec.name}': scheduler.max_epochs is unset (validate the spec first)")
+    return PersistentASHA(
+        state_path,
+        stratify_by=scheduler.stratify_by,
+        rung_metric=scheduler.rung_metric,
+        time_attr=TIME_ATTR,
+        metric=scheduler.metric,
+        mode=scheduler.mode,
+        max_t=scheduler.max_epochs,
+        grace_period=scheduler.grace_period,
+        reduction_factor=scheduler.reduction_factor,
+        brackets=scheduler.brackets,
+    )
 
 
 def tune_config_kwargs(spec: SweepSpec, scheduler_state: str | Path | None = None) -> dict[str, Any]:

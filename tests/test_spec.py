@@ -400,6 +400,7 @@ def test_set_overrides_apply_and_revalidate(capsys):
             "search.neck.fpn_channels.grid=[32]",
             "search.heads.box_fc={choice: [64, 256]}",
             "search.backbone.freeze=null",
+            "scheduler.stratify_by=null",  # smoke.yaml stratifies by the freeze mode dropped here
             "samples=3",
         ],
     )
@@ -436,7 +437,7 @@ search:
   neck.fpn_channels: {grid: [64, 128]}
   backbone.freeze: {grid: [frozen, finetune]}
 resources: {gpus: 0, cpus: 1}
-scheduler: {type: asha, grace_period: 1, max_epochs: 4}
+scheduler: {type: asha, grace_period: 1, max_epochs: 4, stratify_by: backbone.freeze}
 max_concurrent_trials: 2
 max_failures: 1
 name: smoke

@@ -1,0 +1,202 @@
+"""SweepSpec: the whole sweep as one validated model, every problem reported at once (see sweeps/spec.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any
+
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from sweeps.samplers import GridSampler, Sampler, _Strict
+from sweeps.search import Problem, _possible_values, parse_search
+from sweeps.sections import (
+    AshaSpec,
+    FifoSpec,
+    ResourcesSpec,
+    SchedulerSpec,
+    TrackingSpec,
+    _check_asha,
+    metric_problems,
+    strata_problems,
+)
+from trainers.config import TrialSpec
+
+_SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+# Schemes pyarrow (Ray Tune's storage layer) resolves from a URI; anything else is taken for a typo.
+STORAGE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss", "file")
+
+_PARTIAL_SEARCH = "__partial_search__"
+
+
+def _known_search(info: ValidationInfo, needs: tuple[str, ...]) -> dict[str, Any] | None:
+    """The validated search, or - when some entries failed - the entries that parsed, provided none of
+    the paths a check `needs` failed (else None: that check cannot be done this run)."""
+    if "search" in info.data:
+        return info.data["search"]
+    samplers, failed = info.data.get(_PARTIAL_SEARCH, (None, set()))
+    if samplers is None or failed & set(needs):
+        return None
+    return samplers
+
+
+def _problems_error(problems: list[Problem], title: str = "SweepSpec") -> ValidationError:
+    details = [
+        InitErrorDetails(type=PydanticCustomError("sweep_spec", message), loc=loc, input=None)
+        for loc, message in problems
+    ]
+    return ValidationError.from_exception_data(title, details)
+
+
+# ----------------------------------------------------------------------------------------- the spec
+
+
+class SweepSpec(_Strict):
+    """A whole sweep: a base trial, what to search, how to schedule, where to run and record it."""
+
+    name: str = Field(description="the sweep's identity: lowercase letters, digits, '-' and '_'")
+    description: str | None = None
+    trial: TrialSpec = Field(default_factory=TrialSpec, description="the base trial; defaults apply")
+    search: dict[str, Sampler] = Field(
+        default_factory=dict,
+        description="dotted trial field path → sampler: {grid|choice: [..]}, {uniform|loguniform: [lo, hi]}, "
+        "{randint: [lo, hi]} (hi exclusive), {quniform: [lo, hi, q]}",
+    )
+    samples: int = Field(
+        1, ge=1, description="Tune num_samples: repeats of the grid / draws of random samplers"
+    )
+    scheduler: SchedulerSpec = Field(default_factory=lambda: FifoSpec(type="fifo"), validate_default=True)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, validate_default=True)
+    max_concurrent_trials: int | None = Field(None, ge=1)
+    max_failures: int = Field(2, ge=-1, description="retries of a failed trial (-1: forever)")
+    storage: str | None = Field(
+        None,
+        min_length=1,
+        description="Ray Tune storage: a local path or s3://, gs://, ... URI; None: project folder",
+    )
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    checkpoint_artifacts: bool = Field(False, description="log each trial's final checkpoint to MLflow")
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, value: str) -> str:
+        if not _SLUG_RE.match(value):
+            raise ValueError(
+                "must be a slug of at most 64 characters: lowercase letters, digits, '-' and '_', "
+                f"starting with a letter or digit; got {value!r}"
+            )
+        return value
+
+    @field_validator("search", mode="wrap")
+    @classmethod
+    def _search(cls, value: Any, handler: Any, info: ValidationInfo) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            return handler(value)  # pydantic's own "should be a valid dictionary"
+        samplers, problems = parse_search(value, info.data.get("trial"))
+        if problems:
+            # Leave the entries that did parse for the scheduler/resources checks that follow, so one run
+            # lists their problems too (pydantic drops a failed field from info.data).
+            failed = {str(path) for path in value} - set(samplers)
+            info.data[_PARTIAL_SEARCH] = (samplers, failed)
+            raise _problems_error(problems)
+        return samplers
+
+    @field_validator("scheduler")
+    @classmethod
+    def _scheduler(cls, scheduler: AshaSpec | FifoSpec, info: ValidationInfo) -> AshaSpec | FifoSpec:
+        problems = metric_problems(scheduler)
+        trial, search = info.data.get("trial"), _known_search(info, ("train.epochs", "eval.every"))
+        if isinstance(scheduler, AshaSpec) and scheduler.stratify_by is not None:
+            strata_search = _known_search(info, (scheduler.stratify_by,))
+            problems += strata_problems(scheduler, strata_search) if strata_search is not None else []
+        if isinstance(scheduler, AshaSpec):
+            if scheduler.max_epochs is not None and scheduler.grace_period > scheduler.max_epochs:
+                problems.append(
+                    (
+                        ("grace_period",),
+                        f"grace_period {scheduler.grace_period} exceeds max_epochs {scheduler.max_epochs}",
+                    )
+                )
+            elif trial is not None and search is not None:
+                scheduler, asha_problems = _check_asha(scheduler, trial, search)
+                problems += asha_problems
+        if problems:
+            raise _problems_error(problems)
+        return scheduler
+
+    @field_validator("resources")
+    @classmethod
+    def _resources(cls, resources: ResourcesSpec, info: ValidationInfo) -> ResourcesSpec:
+        trial, search = info.data.get("trial"), _known_search(info, ("train.device",))
+        if trial is not None and search is not None and resources.gpus == 0:
+            if "cuda" in _possible_values(trial, search, "train.device"):
+                raise _problems_error(
+                    [
+                        (
+                            ("gpus",),
+                            "trial.train.device 'cuda' needs gpus > 0: Ray hides GPUs from trials that "
+                            "do not reserve one (or use device 'auto')",
+                        )
+                    ]
+                )
+        return resources
+
+    @field_validator("storage")
+    @classmethod
+    def _storage(cls, value: str | None) -> str | None:
+        if value is not None and "://" in value:
+            scheme = value.split("://", 1)[0].lower()
+            if scheme not in STORAGE_SCHEMES:
+                raise ValueError(
+                    f"{scheme}:// is not a storage Ray Tune can write to; use a local path or one of "
+                    + ", ".join(f"{s}://" for s in STORAGE_SCHEMES)
+                )
+        return value
+
+    # --- derived facts for the driver, tracker and report
+
+    @property
+    def searched_paths(self) -> list[str]:
+        return list(self.search)
+
+    @property
+    def experiment_name(self) -> str:
+        """The MLflow experiment: tracking.experiment, or the sweep name."""
+        return self.tracking.experiment or self.name
+
+    def trial_count(self) -> int:
+        """How many trials Tune will start: samples × the product of the grid sizes."""
+        count = self.samples
+        for sampler in self.search.values():
+            if isinstance(sampler, GridSampler):
+                count *= len(sampler.grid)
+        return count
+
+    def digest(self) -> str:
+        """A stable hash of everything that changes what runs (the description is left out), for
+        idempotent submission and for spotting a changed spec under the same name."""
+        payload = self.model_dump(mode="json", exclude={"description"})
+        text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+# Searched paths that change how fast a trial learns early: ASHA comparing their values at one rung would
+# decide by speed (docs/scheduling.md).
+_SPEED_PATHS = ("backbone.freeze",)
+
+
+def spec_warnings(spec: SweepSpec) -> list[str]:
+    """Valid but likely unintended: one line each, for `frost validate` and `frost run` to print."""
+    warnings = []
+    scheduler = spec.scheduler
+    if isinstance(scheduler, AshaSpec) and scheduler.stratify_by is None:
+        for path in _SPEED_PATHS:
+            if path in spec.search:
+                warnings.append(
+                    f"scheduler: ASHA searches {path} without stratify_by: its values share rungs, so the one "
+                    f"that learns faster early stops the others; set scheduler.stratify_by: {path} "
+                    "(docs/scheduling.md)"
+                )
+    return warnings

@@ -1,0 +1,295 @@
+"""PersistentASHA without a Ray runtime: Ray's own scheduler and bracket code fed results by hand (Trial stubs),
+cutoffs derived by hand; strata, rung metrics, the JSON state and its refusal of anything else; the spec's
+`scheduler.stratify_by` / `rung_metric`, their validation and the warning."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import TrialScheduler
+
+from service.cli import main
+from sweeps.asha import PersistentASHA
+from sweeps.asha_state import UNSTRATIFIED, json_state_path, read_decisions
+from sweeps.space import build_scheduler
+from sweeps.spec import AshaSpec, SweepSpec, load_sweep_spec, spec_warnings
+from trainers.errors import FrostError
+
+CATALOG = Path(__file__).resolve().parents[1] / "sweeps" / "catalog"
+STOP, CONTINUE = TrialScheduler.STOP, TrialScheduler.CONTINUE
+
+
+def trial(trial_id: str, freeze: str = "frozen") -> Trial:
+    return Trial("scripted", config={"backbone.freeze": freeze}, trial_id=trial_id, stub=True)
+
+
+def asha(state: Path | None = None, **kwargs) -> PersistentASHA:
+    options = dict(time_attr="epoch", metric="AP", mode="max", max_t=4, grace_period=1, reduction_factor=2)
+    return PersistentASHA(state, **{**options, **kwargs})
+
+
+def report(scheduler: PersistentASHA, t: Trial, epoch: int, ap: float) -> str:
+    return scheduler.on_trial_result(None, t, {"epoch": epoch, "AP": ap})
+
+
+# ------------------------------------------------------------------------------------------------ decisions
+
+
+def test_plain_asha_judges_every_trial_against_all_before_it():
+    scheduler = asha()
+    a, b, c = trial("a", "frozen"), trial("b", "finetune"), trial("c", "finetune")
+    for t in (a, b, c):
+        scheduler.on_trial_add(None, t)
+    assert report(scheduler, a, 1, 0.30) == CONTINUE  # the first at a rung always passes
+    assert report(scheduler, b, 1, 0.10) == STOP  # 0.10 < median {0.30}
+    assert report(scheduler, c, 1, 0.20) == CONTINUE  # 0.20 >= median {0.30, 0.10} = 0.20
+    decision = scheduler.decisions()["b"]
+    assert (decision.stratum, decision.rung, decision.epoch, decision.value, decision.cutoff) == (
+        UNSTRATIFIED,
+        1,
+        1,
+        0.10,
+        0.30,
+    )
+    assert list(scheduler.decisions()) == ["b"]
+
+
+def test_strata_compare_trials_only_with_their_own_kind():
+    scheduler = asha(stratify_by="backbone.freeze")
+    a, b, c = trial("a", "frozen"), trial("b", "finetune"), trial("c", "finetune")
+    for t in (a, b, c):
+        scheduler.on_trial_add(None, t)
+    assert report(scheduler, a, 1, 0.30) == CONTINUE
+    assert report(scheduler, b, 1, 0.10) == CONTINUE  # first of its stratum: frozen's 0.30 is not its bar
+    assert report(scheduler, c, 1, 0.08) == STOP  # below finetune's median {0.10}
+    decision = scheduler.decisions()["c"]
+    assert (decision.stratum, decision.rung, decision.value, decision.cutoff) == ("finetune", 1, 0.08, 0.10)
+    assert decision.tags() == {
+        "frost.asha.stratum": "finetune",
+        "frost.asha.rung": "1",
+        "frost.asha.cutoff": "0.1",
+        "frost.asha.value": "0.08",
+    }
+    assert decision.describe() == "stopped at rung 1 among finetune: AP (last) 0.0800, cutoff 0.1000"
+
+
+@pytest.mark.parametrize(
+    ("rung_metric", "value", "cutoff", "action"),
+    [("last", 0.05, 0.30, STOP), ("best", 0.40, 0.30, CONTINUE), ("ema", 0.225, 0.25, STOP)],
+)
+def test_rung_metric_is_the_value_compared(rung_metric, value, cutoff, action):
+    # a's epochs: 0.20, 0.30; b's: 0.40, 0.05. At rung 2 the bar is a's rung value, the only one recorded there
+    # (ema: 0.5 * 0.30 + 0.5 * 0.20 = 0.25 for a; 0.5 * 0.05 + 0.5 * 0.40 = 0.225 for b).
+    scheduler = asha(rung_metric=rung_metric)
+    a, b = trial("a"), trial("b")
+    report(scheduler, a, 1, 0.20)
+    report(scheduler, a, 2, 0.30)
+    assert report(scheduler, b, 1, 0.40) == CONTINUE
+    assert report(scheduler, b, 2, 0.05) == action
+    assert scheduler.rung_value("b", 2) == pytest.approx(value)
+    if action == STOP:
+        assert scheduler.decisions()["b"].value == pytest.approx(value)
+        assert scheduler.decisions()["b"].cutoff == pytest.approx(cutoff)
+
+
+def test_min_mode_cutoff_is_in_the_metric_units():
+    scheduler = asha(metric="loss", mode="min")
+    a, b, c = trial("a"), trial("b"), trial("c")
+    scheduler.on_trial_result(None, a, {"epoch": 1, "loss": 1.0})
+    scheduler.on_trial_result(None, b, {"epoch": 1, "loss": 3.0})
+    assert scheduler.on_trial_result(None, c, {"epoch": 1, "loss": 2.5}) == STOP  # median {1.0, 3.0} = 2.0
+    assert scheduler.decisions()["b"].cutoff == 1.0
+    assert scheduler.decisions()["c"].cutoff == 2.0
+
+
+def test_a_stopped_trial_that_reports_again_stays_stopped_with_its_first_decision():
+    # After a driver SIGKILL, Tune may resume a trial ASHA had stopped (its snapshot lags): it reports again.
+    scheduler = asha()
+    a, b = trial("a"), trial("b")
+    report(scheduler, a, 1, 0.5)
+    report(scheduler, a, 2, 0.9)
+    assert report(scheduler, b, 1, 0.1) == STOP
+    first = scheduler.decisions()["b"]
+    assert report(scheduler, b, 2, 0.95) == STOP
+    scheduler.on_trial_complete(None, b, {"epoch": 2, "AP": 0.95})
+    assert scheduler.decisions() == {"b": first} and first.rung == 1
+    assert [[t for t, _ in pairs] for _, pairs in scheduler.state()["strata"][UNSTRATIFIED][0]] == [
+        [],  # rung 4
+        ["a"],  # rung 2: b's resumed epoch is not a rung record
+        ["a", "b"],  # rung 1
+    ]
+
+
+def test_a_trial_reaching_max_epochs_is_not_a_stop_on_record():
+    scheduler = asha(max_t=2)
+    a, b = trial("a"), trial("b")
+    report(scheduler, a, 1, 0.5)
+    report(scheduler, a, 2, 0.9)
+    report(scheduler, b, 1, 0.6)
+    assert report(scheduler, b, 2, 0.1) == STOP  # max_t: it ran its course
+    scheduler.on_trial_complete(None, b, {"epoch": 2, "AP": 0.1})
+    assert scheduler.decisions() == {}
+
+
+# ------------------------------------------------------------------------------------------------ the state
+
+
+def test_state_is_json_and_a_restored_copy_decides_the_same(tmp_path):
+    path = tmp_path / "asha-state.json"
+    scheduler = asha(path, stratify_by="backbone.freeze", rung_metric="best")
+    frozen_at_start = pickle.dumps(scheduler)  # what Tune keeps in its experiment state, and restores
+    trials = [trial(f"t{i}", freeze) for i, freeze in enumerate(["frozen", "finetune"] * 3)]
+    for i, t in enumerate(trials[:4]):
+        scheduler.on_trial_add(None, t)
+        report(scheduler, t, 1, 0.1 * (i + 1))
+    saved = json.loads(path.read_text())
+    assert saved["format"] == "frost.asha/1" and set(saved["strata"]) == {"frozen", "finetune"}
+
+    restored = pickle.loads(frozen_at_start)
+    for t in trials[4:]:
+        restored.on_trial_add(None, t)
+        scheduler.on_trial_add(None, t)
+    assert [report(restored, t, 1, 0.25) for t in trials[4:]] == [
+        report(scheduler, t, 1, 0.25) for t in trials[4:]
+    ]
+    assert restored.state() == scheduler.state()
+    # t5 (0.25) is below finetune's median {0.2, 0.4}: a restored copy that forgot the rungs would pass it
+    assert read_decisions(path) == scheduler.decisions() and set(read_decisions(path)) == {"t5"}
+
+
+class _Planted:
+    """Unpickling this writes a marker file: proof that loading ran code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "code ran"))
+
+
+@pytest.mark.parametrize("content", ["pickle", "garbage", "foreign json"])
+def test_a_planted_state_file_is_refused_and_never_executed(tmp_path, content):
+    path, marker = tmp_path / "asha-state.json", tmp_path / "marker"
+    data = {
+        "pickle": pickle.dumps({"_brackets": _Planted(marker)}),
+        "garbage": bytes(range(256)),
+        "foreign json": json.dumps({"_brackets": [], "format": "other"}).encode(),
+    }[content]
+    path.write_bytes(data)
+    scheduler = pickle.loads(pickle.dumps(asha(path)))  # as after Tuner.restore
+    refused = re.escape("refusing to use it (nothing in it is run). Remove the file")
+    with pytest.raises(FrostError, match=f"{re.escape(str(path))}.*{refused}"):
+        scheduler.on_trial_add(None, trial("a"))
+    assert not marker.exists()
+    assert read_decisions(path) == {}  # status views read past it
+
+
+def test_a_legacy_pickle_name_is_read_as_its_json_sibling(tmp_path):
+    legacy, marker = tmp_path / "asha-state.pkl", tmp_path / "marker"
+    legacy.write_bytes(pickle.dumps(_Planted(marker)))
+    scheduler = asha(legacy)
+    scheduler.on_trial_add(None, trial("a"))
+    report(scheduler, trial("a"), 1, 0.5)
+    assert json_state_path(legacy) == tmp_path / "asha-state.json"
+    assert json.loads((tmp_path / "asha-state.json").read_text())["history"] == {"a": {"1": 0.5}}
+    assert not marker.exists()
+
+
+def test_a_scheduler_pickled_before_strata_resumes_as_one_pool(tmp_path):
+    old = asha(tmp_path / "asha-state.pkl")
+    for name in ("_strata", "_placement", "_history", "_decisions", "_grace_period", "_bracket_count"):
+        del old.__dict__[name]
+    old.__dict__.update(_stratify_by=None, _rung_metric=None, _state_path=str(tmp_path / "asha-state.pkl"))
+    restored = pickle.loads(pickle.dumps(old))  # Tune's experiment state of a sweep started by the old code
+    a, b = trial("a"), trial("b")
+    assert report(restored, a, 1, 0.5) == CONTINUE and report(restored, b, 1, 0.1) == STOP
+    assert set(json.loads((tmp_path / "asha-state.json").read_text())["trials"]) == {"a", "b"}
+
+
+def test_a_state_of_other_rungs_is_refused(tmp_path):
+    path = tmp_path / "asha-state.json"
+    first = asha(path)
+    first.on_trial_add(None, trial("a"))
+    with pytest.raises(FrostError, match="rungs"):
+        asha(path, max_t=8).on_trial_add(None, trial("b"))
+
+
+def test_recorded_cutoff_is_the_percentile_of_the_rung_before_the_trial():
+    scheduler = asha(reduction_factor=3, max_t=3)
+    values = [0.5, 0.1, 0.4, 0.3, 0.2, 0.35]
+    for i, value in enumerate(values):
+        report(scheduler, trial(f"t{i}"), 1, value)
+    for trial_id, decision in scheduler.decisions().items():
+        before = values[: int(trial_id[1:])]
+        assert decision.cutoff == np.nanpercentile(before, (1 - 1 / 3) * 100)
+        assert decision.value < decision.cutoff
+
+
+# ------------------------------------------------------------------------------------------------ the spec
+
+
+def spec(**scheduler) -> dict:
+    return {
+        "name": "s",
+        "trial": {"train": {"epochs": 4}},
+        "search": {
+            "backbone.freeze": {"grid": ["frozen", "finetune"]},
+            "optim.lr": {"uniform": [0.01, 0.02]},
+        },
+        "scheduler": {"type": "asha", **scheduler},
+    }
+
+
+def test_stratify_by_must_be_a_searched_grid_or_choice(tmp_path, capsys):
+    ok = SweepSpec.model_validate(spec(stratify_by="backbone.freeze", rung_metric="ema"))
+    assert isinstance(ok.scheduler, AshaSpec) and ok.scheduler.stratify_by == "backbone.freeze"
+    scheduler = build_scheduler(ok)
+    assert (
+        isinstance(scheduler, PersistentASHA)
+        and scheduler.stratum_of({"backbone.freeze": "finetune"}) == "finetune"
+    )
+    for path, message in [
+        (
+            "neck.fpn_channels",
+            "scheduler.stratify_by: 'neck.fpn_channels' is not searched (searched: backbone.freeze",
+        ),
+        (
+            "optim.lr",
+            "scheduler.stratify_by: search.optim.lr is a uniform sampler; strata need a grid or choice",
+        ),
+    ]:
+        file = tmp_path / "s.yaml"
+        file.write_text(json.dumps(spec(stratify_by=path)))
+        assert main(["validate", str(file)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+
+
+def test_validate_warns_once_when_asha_searches_freeze_unstratified(tmp_path, capsys):
+    file = tmp_path / "s.yaml"
+    file.write_text(json.dumps(spec()))
+    assert main(["validate", str(file)]) == 0
+    out, err = capsys.readouterr()
+    assert "valid sweep 's'" in out
+    warnings = err.strip().splitlines()
+    assert len(warnings) == 1 and warnings[0].startswith(
+        "frost: warning: scheduler: ASHA searches backbone.freeze"
+    )
+    assert main(["validate", str(file), "--set", "scheduler.stratify_by=backbone.freeze"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_set_stratify_by_and_the_catalog_stratifies():
+    smoke = load_sweep_spec(CATALOG / "smoke.yaml", ["scheduler.stratify_by=backbone.freeze"])
+    assert isinstance(smoke.scheduler, AshaSpec) and smoke.scheduler.stratify_by == "backbone.freeze"
+    for path in sorted(CATALOG.glob("*.yaml")):
+        loaded = load_sweep_spec(path)
+        assert spec_warnings(loaded) == [], path
+        if isinstance(loaded.scheduler, AshaSpec) and "backbone.freeze" in loaded.search:
+            assert loaded.scheduler.stratify_by == "backbone.freeze", path
