@@ -28,6 +28,7 @@ from service.status import TRACKING_FILE, sweep_status
 from service.tracking.callback import MlflowTrackingCallback
 from service.tracking.uris import default_tracking_uri, embedded_artifact_root, mlflow_ui_command
 from service.trainable import frost_trainable, trial_epochs, trial_identity
+from sweeps.asha_state import STATE_FILE as ASHA_STATE_FILE
 from sweeps.space import (
     param_space,
     ranking,
@@ -41,7 +42,6 @@ from sweeps.spec import SweepSpec
 from trainers.files import read_json_or
 
 log = logging.getLogger("frost")
-SCHEDULER_STATE = "asha-state.pkl"
 
 
 def sweep_dir(spec: SweepSpec, root: Path) -> Path:
@@ -90,6 +90,9 @@ def _fit(spec: SweepSpec, home: Path, directory: Path, address: str | None, verb
     if plot is not None:
         summary.plot = str(plot)
         attach_to_parent(tracking_uri, summary.parent_run_id, plot)
+    if summary.cache_bytes:
+        cache = {"cache_build_s": summary.cache_build_s, "cache_bytes": float(summary.cache_bytes)}
+        attach_to_parent(tracking_uri, summary.parent_run_id, metrics=cache)
     print_summary(summary, _browse(tracking_uri, home))
     return summary
 
@@ -172,7 +175,7 @@ def build_tuner(spec: SweepSpec, root: Path, callback: MlflowTrackingCallback, v
     if tune.Tuner.can_restore(experiment):
         log.info("resuming sweep '%s' from %s", spec.name, experiment)
         # Restore brings back the run config and callbacks pickled at the first fit, not `callback` above
-        # (see tracking_callback); the scheduler re-reads its rungs from SCHEDULER_STATE (sweeps/asha.py).
+        # (see tracking_callback); the scheduler re-reads its rungs from ASHA_STATE_FILE (sweeps/asha.py).
         return tune.Tuner.restore(
             experiment, trainable=trainable, resume_unfinished=True, resume_errored=True
         )
@@ -180,7 +183,7 @@ def build_tuner(spec: SweepSpec, root: Path, callback: MlflowTrackingCallback, v
     return tune.Tuner(
         trainable,
         param_space=param_space(spec),
-        tune_config=tune.TuneConfig(**tune_config_kwargs(spec, directory / SCHEDULER_STATE)),
+        tune_config=tune.TuneConfig(**tune_config_kwargs(spec, directory / ASHA_STATE_FILE)),
         run_config=tune.RunConfig(
             **run_kwargs,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
@@ -197,12 +200,16 @@ def summarize(spec: SweepSpec, results: tune.ResultGrid, directory: Path, tracki
     runs = tracking.get("trials", {})
     metric, mode = ranking(spec)
     trials = []
+    build_s, build_bytes = 0.0, 0
     for index in range(len(results)):
         result = results[index]
         metrics = result.metrics or {}
         trial_id = metrics.get("trial_id") or Path(result.path).name
         history = result.metrics_dataframe
         values = history[metric].tolist() if history is not None and metric in history else []
+        if history is not None and "cache_bytes" in history:  # each trial reports what it built itself
+            build_s += float(history["cache_build_s"].max())
+            build_bytes += int(history["cache_bytes"].max())
         fate = runs.get(trial_id, {}).get("fate")
         # After a stop (SIGINT, SIGTERM, `frost stop`) Ray Tune lists a trial it cut off as terminated; the
         # tracker's fate says it was interrupted.
@@ -230,21 +237,29 @@ def summarize(spec: SweepSpec, results: tune.ResultGrid, directory: Path, tracki
         tracking_uri=tracking_uri,
         experiment=spec.experiment_name,
         parent_run_id=tracking.get("parent_run_id"),
+        cache_build_s=build_s,
+        cache_bytes=build_bytes,
     )
 
 
-def attach_to_parent(tracking_uri: str, parent_run_id: str | None, path: Path) -> None:
-    """Best effort: a file on the sweep's MLflow parent run (it stays beside the sweep either way)."""
+def attach_to_parent(
+    tracking_uri: str,
+    parent_run_id: str | None,
+    path: Path | None = None,
+    metrics: dict[str, float] | None = None,
+) -> None:
+    """Best effort: a file or metrics on the sweep's MLflow parent run (a file stays beside the sweep anyway)."""
     if not parent_run_id:
         return
     from mlflow.tracking import MlflowClient
 
     try:
-        MlflowClient(tracking_uri=tracking_uri).log_artifact(parent_run_id, str(path))
+        client = MlflowClient(tracking_uri=tracking_uri)
+        if path is not None:
+            client.log_artifact(parent_run_id, str(path))
+        for key, value in (metrics or {}).items():
+            client.log_metric(parent_run_id, key, value)
     except Exception as exc:  # a tracking server that is down must not fail a finished sweep
         log.warning(
-            "tracking: could not attach %s to the sweep's run (%s); it is at %s",
-            path.name,
-            type(exc).__name__,
-            path,
+            "tracking: could not update the sweep's run (%s); %s", type(exc).__name__, path or metrics
         )

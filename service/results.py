@@ -79,6 +79,9 @@ class SweepSummary:
     parent_run_id: str | None = None
     plot: str | None = None
     job: dict[str, Any] | None = None
+    # The frozen-feature cache's one-time cost, summed over the trials that built it (docs/feature-cache.md).
+    cache_build_s: float = 0.0
+    cache_bytes: int = 0
 
     @property
     def best(self) -> TrialRow | None:
@@ -119,6 +122,8 @@ class SweepSummary:
             "ok": self.ok,
             "interrupted": self.interrupted,
         }
+        if self.cache_bytes:
+            data["cache_build_s"], data["cache_bytes"] = round(self.cache_build_s, 3), self.cache_bytes
         if self.plot is not None:
             data["plot"] = self.plot
         if self.job is not None:

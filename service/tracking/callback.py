@@ -14,6 +14,8 @@ from typing import Any
 from ray import tune
 
 from service.tracking.tracker import SweepTracker, shared_tracker
+from sweeps.asha_state import STATE_FILE as ASHA_STATE_FILE
+from sweeps.asha_state import read_decisions
 from trainers.files import flatten
 
 log = logging.getLogger("frost")
@@ -179,15 +181,30 @@ class MlflowTrackingCallback(tune.Callback):
             fate, detail = "stopped", "ended before reporting an epoch"
         elif planned is not None and last < planned:
             fate, detail = "stopped", f"stopped at epoch {last} of {planned} by the scheduler or a stop rule"
+            # The scheduler saved its decision before Tune calls this (sweeps/asha.py): the run says why.
+            decision = read_decisions(self.state_path.parent / ASHA_STATE_FILE).get(trial.trial_id)
+            if decision is not None:
+                detail = decision.describe()
+                self.tracker.set_tags(trial.trial_id, decision.tags())
         else:
             fate, detail = "completed", f"ran {last} epochs"
         if self.log_final_checkpoint:
             self._log_checkpoint(trial)
+        self._final_tags(trial)
         self.tracker.end_trial(trial.trial_id, fate, detail)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._ensure_started(trial)
+        self._final_tags(trial)
         self.tracker.end_trial(trial.trial_id, "error", _trial_error_message(trial))
+
+    def _final_tags(self, trial: Any) -> None:
+        """Tags a person filters runs by, from the trial's last report (whether the feature cache served)."""
+        result = trial.last_result or {}
+        if "cache_used" in result:
+            self.tracker.set_tags(
+                trial.trial_id, {"frost.cache_used": str(bool(result["cache_used"])).lower()}
+            )
 
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
         """Nothing by default: checkpoints stay in Tune's storage; see `log_final_checkpoint`."""
