@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from trainers.config import frost_home
-from trainers.feature_store import clear_cache, list_cache
-from trainers.features import cache_root
-
 
 def _root(args: argparse.Namespace) -> Path:
+    from trainers.config import frost_home
+    from trainers.features import cache_root  # torch: only for `frost cache`, not every command
+
     return cache_root(Path(args.root).expanduser().resolve() if args.root else frost_home())
 
 
@@ -19,6 +18,8 @@ def _mib(size: int) -> str:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
+    from trainers.feature_store import clear_cache, list_cache
+
     root = _root(args)
     rows = list_cache(root)
     if args.cache_command == "ls":

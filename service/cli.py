@@ -13,8 +13,9 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from service.cli_flags import ROOT_HELP, driver_flags, flag, force, overrides
 from service.console import configure_logging
 from trainers.errors import FrostError, TrainingError
 
@@ -173,70 +174,6 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_submit(args: argparse.Namespace) -> int:
-    from service.jobs import submit_sweep
-    from service.tracking.uris import default_tracking_uri, mlflow_ui_command
-    from sweeps.spec import load_sweep_spec
-
-    spec = load_sweep_spec(args.spec, args.set)
-    if not args.root:
-        print(
-            "frost: no --root: the sweep's state goes to the head's $FROST_HOME, which must be set to shared "
-            "storage there (else it lands in the job's temporary working directory)",
-            file=sys.stderr,
-        )
-    result = submit_sweep(spec, args.address, root=args.root, force=args.force)
-    if result["submitted"]:
-        print(f"submitted sweep '{spec.name}' as Ray Job {result['submission_id']} ({result['status']})")
-    else:
-        print(
-            f"sweep '{spec.name}' (same spec) is already job {result['submission_id']} ({result['status']}): "
-            "nothing submitted"
-        )
-    print(f"  logs: frost logs {spec.name} --address {result['address']}")
-    print(f"  stop: frost stop {spec.name} --address {result['address']}")
-    experiment = spec.experiment_name
-    if spec.tracking.uri or args.root:
-        uri = spec.tracking.uri or default_tracking_uri(Path(args.root))
-        where = "" if spec.tracking.uri else " (on the head)"
-        print(f"  browse: {mlflow_ui_command(uri)}{where}  (experiment '{experiment}')")
-    else:
-        print(f"  browse: mlflow ui over <head's $FROST_HOME>/mlflow.db  (experiment '{experiment}')")
-    if args.json:
-        print(json.dumps({k: result[k] for k in ("name", "submission_id", "status", "address")}))
-    return 0
-
-
-def _cmd_logs(args: argparse.Namespace) -> int:
-    from service.jobs import follow_job_logs, job_logs
-
-    if args.follow:
-
-        def write(chunk: str) -> None:
-            sys.stdout.write(chunk)
-            sys.stdout.flush()
-
-        status = follow_job_logs(args.name, args.address, write)
-        print(f"frost: job of sweep '{args.name}' ended: {status}", file=sys.stderr)
-        return 0
-    _, logs = job_logs(args.name, args.address)
-    sys.stdout.write(logs)
-    return 0
-
-
-def _cmd_stop(args: argparse.Namespace) -> int:
-    from service.jobs import stop_sweep_job
-
-    result = stop_sweep_job(args.name, args.address)
-    if args.json:
-        print(json.dumps(result))
-    elif result["stopped"]:
-        print(f"stopped job {result['submission_id']} of sweep '{args.name}' ({result['status']})")
-    else:
-        print(f"job {result['submission_id']} of sweep '{args.name}' is not running ({result['status']})")
-    return 0
-
-
 def _cmd_ls(args: argparse.Namespace) -> int:
     from service.project import list_sweeps, project_root
 
@@ -245,15 +182,7 @@ def _cmd_ls(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="frost", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    def overrides(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--set", action="append", default=[], metavar="PATH=VALUE", help="dotted override, repeatable"
-        )
-
+def _trial_commands(sub: Any) -> None:
     data = sub.add_parser("data", help="datasets")
     data_sub = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
     synth = data_sub.add_parser("synth", help="write the built-in long-tail dataset (COCO or LVIS format)")
@@ -279,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     overrides(train)
     train.set_defaults(func=_cmd_train)
 
+
+def _sweep_commands(sub: Any) -> None:
     validate = sub.add_parser("validate", help="validate a sweep spec")
     validate.add_argument("spec")
     overrides(validate)
@@ -289,70 +220,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a sweep (local Ray + SQLite MLflow unless told otherwise)")
     run.add_argument("spec")
-    run.add_argument("--root", help="project folder (default $FROST_HOME or ./frost-runs)")
-    run.add_argument("--address", help="attach to an existing Ray cluster")
-    run.add_argument("--json", action="store_true", help="last stdout line: a JSON summary")
-    run.add_argument(
-        "--verbose", action="store_true", help="also Ray's own output (Tune's table, worker logs)"
-    )
-    run.add_argument(
-        "--force",
-        action="store_true",
-        help="a changed spec under an existing name: keep the old sweep aside and start afresh",
-    )
+    driver_flags(run)
+    force(run)
     overrides(run)
     run.set_defaults(func=_cmd_run)
 
     resume = sub.add_parser("resume", help="resume an interrupted sweep (its saved spec) to the end")
     resume.add_argument("name")
-    resume.add_argument("--root", help="project folder (default $FROST_HOME or ./frost-runs)")
-    resume.add_argument("--address", help="attach to an existing Ray cluster")
-    resume.add_argument("--json", action="store_true", help="last stdout line: a JSON summary")
-    resume.add_argument(
-        "--verbose", action="store_true", help="also Ray's own output (Tune's table, worker logs)"
-    )
+    driver_flags(resume)
     resume.set_defaults(func=_cmd_resume)
 
     status = sub.add_parser("status", help="trials of a sweep by state, from its storage")
     status.add_argument("name")
-    status.add_argument("--root", help="project folder (default $FROST_HOME or ./frost-runs)")
-    status.add_argument("--json", action="store_true", help="one JSON object")
-    status.add_argument("--plot", action="store_true", help="(re)draw the sweep's plot, sweep.png, beside it")
+    status.add_argument("--root", help=ROOT_HELP)
+    flag(status, "--json", "one JSON object")
+    flag(status, "--plot", "(re)draw the sweep's plot, sweep.png, beside it")
     status.add_argument("--address", help="also the state of its Ray Job at this Jobs API (http://HEAD:8265)")
     status.set_defaults(func=_cmd_status)
 
-    jobs_address = "the head's Ray Jobs API, http://HEAD:8265 (default $RAY_API_SERVER_ADDRESS)"
-    submit = sub.add_parser("submit", help="run a sweep on a Ray cluster as a Ray Job (idempotent per spec)")
-    submit.add_argument("spec")
-    submit.add_argument("--address", help=jobs_address)
-    submit.add_argument("--root", help="project folder on the cluster (default: the head's $FROST_HOME)")
-    submit.add_argument("--json", action="store_true", help="last stdout line: a JSON summary")
-    submit.add_argument(
-        "--force",
-        action="store_true",
-        help="a changed spec under an existing name: keep the old sweep aside and start afresh",
-    )
-    overrides(submit)
-    submit.set_defaults(func=_cmd_submit)
-
-    logs = sub.add_parser("logs", help="the logs of a sweep's Ray Job")
-    logs.add_argument("name")
-    logs.add_argument("--address", help=jobs_address)
-    logs.add_argument("-f", "--follow", action="store_true", help="stream the logs until the job ends")
-    logs.set_defaults(func=_cmd_logs)
-
-    stop = sub.add_parser("stop", help="stop a sweep's Ray Job (resume it later with frost submit)")
-    stop.add_argument("name")
-    stop.add_argument("--address", help=jobs_address)
-    stop.add_argument("--json", action="store_true", help="one JSON object")
-    stop.set_defaults(func=_cmd_stop)
-
     ls = sub.add_parser("ls", help="sweeps known in the project folder")
-    ls.add_argument("--root", help="project folder (default $FROST_HOME or ./frost-runs)")
+    ls.add_argument("--root", help=ROOT_HELP)
     ls.set_defaults(func=_cmd_ls)
 
-    from service.cache_cmd import add_cache_parser
 
+def build_parser() -> argparse.ArgumentParser:
+    from service.cache_cmd import add_cache_parser
+    from service.jobs_cmd import add_job_parsers
+
+    parser = _Parser(prog="frost", description=__doc__.splitlines()[0] if __doc__ else "frost")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _trial_commands(sub)
+    _sweep_commands(sub)
+    add_job_parsers(sub)
     add_cache_parser(sub)
     return parser
 

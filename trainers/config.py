@@ -332,7 +332,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
             raise FrostError(f"{path}: larger than {MAX_SPEC_BYTES // 1024} KiB; not a spec")
         text = path.read_bytes().decode("utf-8")
     except IsADirectoryError:
-        raise FrostError(f"{path}: is a folder, not a YAML file") from None
+        raise FrostError(f"{path}: cannot read (a folder, not a YAML file)") from None
     except OSError as exc:
         raise FrostError(f"{path}: cannot read ({exc.strerror or exc})") from None
     except UnicodeDecodeError as exc:
