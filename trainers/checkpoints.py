@@ -20,6 +20,8 @@ import numpy as np
 import torch
 
 from trainers.errors import TrainingError
+from trainers.files import atomic_write_json, atomic_write_text, fsync_dir, read_json_or
+from trainers.logs import log
 
 CHECKPOINT_FILE = "state.pt"
 ATTEMPTS_FILE = "attempts.jsonl"
@@ -35,22 +37,47 @@ def checkpoint_dirs(out_dir: Path) -> list[Path]:
 
 
 def save_checkpoint(out_dir: Path, epoch: int, state: dict[str, Any], keep: int) -> Path:
+    """Write `checkpoints/epoch-NNNN/` durably: files fsynced in a staging folder, renamed into place, the
+    parent fsynced. A failed save (a full disk) leaves the previous checkpoints as they were and no staging
+    debris, and ends the trial with an error saying so."""
     final = out_dir / "checkpoints" / f"epoch-{epoch:04d}"
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    torch.save(state, tmp / CHECKPOINT_FILE)
-    (tmp / "metrics.json").write_text(json.dumps(state["history"][-1]))
-    (tmp / "history.json").write_text(json.dumps(state["history"]))  # readable without torch
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)  # atomic: a checkpoint directory is complete or absent
+    try:
+        tmp.mkdir(parents=True)
+        with (tmp / CHECKPOINT_FILE).open("wb") as fh:
+            torch.save(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        atomic_write_text(tmp / "metrics.json", json.dumps(state["history"][-1]))
+        atomic_write_text(tmp / "history.json", json.dumps(state["history"]))  # readable without torch
+        fsync_dir(tmp)
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)  # a checkpoint directory is complete or absent
+        fsync_dir(final.parent)
+    except (OSError, RuntimeError) as exc:  # torch's zip writer reports a full disk as a RuntimeError
+        shutil.rmtree(tmp, ignore_errors=True)
+        free = shutil.disk_usage(out_dir).free // 2**20
+        reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
+        raise TrainingError(
+            f"could not save the checkpoint of epoch {epoch} in {final.parent} ({reason}; {free} MiB free); "
+            "the earlier checkpoints are intact: free space and start the trial again to resume"
+        ) from None
     for old in checkpoint_dirs(out_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Every RNG's state as tensors and plain lists: a checkpoint loads with `weights_only=True` (a pickled
+    numpy state would not), so loading one never runs code (docs/stack.md)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    version, internal, gauss = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, torch.from_numpy(np.asarray(keys, dtype=np.int64)), pos, has_gauss, cached],
+        "python": [version, list(internal), gauss],
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -58,25 +85,47 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.int64).astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def newest_checkpoint(out_dir: Path, resume_from: Path | None) -> Path | None:
-    """The newest epoch checkpoint in the trial directory, or `resume_from` when that is newer."""
+def _epoch_of(path: Path) -> int:
+    record = read_json_or(path / "metrics.json", {})
+    epoch = record.get("epoch") if isinstance(record, dict) else None
+    return epoch if isinstance(epoch, int) else -1
+
+
+def checkpoint_candidates(out_dir: Path, resume_from: Path | None) -> list[Path]:
+    """Checkpoints to resume from, newest first: the trial directory's, and `resume_from` (the one Ray Tune
+    restored) where it is not among them."""
     found = checkpoint_dirs(out_dir)
-    candidates = found[-1:] + (
-        [resume_from] if resume_from and (resume_from / CHECKPOINT_FILE).is_file() else []
-    )
-    if not candidates:
-        return None
+    if resume_from and (resume_from / CHECKPOINT_FILE).is_file() and resume_from not in found:
+        found.append(resume_from)
+    return sorted(found, key=_epoch_of, reverse=True)
 
-    def epoch_of(path: Path) -> int:
-        return json.loads((path / "metrics.json").read_text()).get("epoch", 0)
 
-    return max(candidates, key=epoch_of)
+def load_checkpoint(
+    out_dir: Path, resume_from: Path | None, device: torch.device
+) -> tuple[Path, dict] | None:
+    """The newest checkpoint that reads, with its state; None when there is none. One that cannot be read
+    (cut off by a crash, corrupted, or a planted pickle, which `weights_only=True` refuses without running
+    it) is skipped, saying so, for the one before it."""
+    for path in checkpoint_candidates(out_dir, resume_from):
+        try:
+            state = torch.load(path / CHECKPOINT_FILE, map_location=device, weights_only=True)
+            if not isinstance(state, dict) or not {"epoch", "model", "history"} <= state.keys():
+                raise ValueError("not a frost checkpoint")
+        except Exception as exc:  # any failure to read it means: not a checkpoint to resume from
+            log.warning(
+                "checkpoint %s is unreadable (%s): trying the one before it", path, type(exc).__name__
+            )
+            continue
+        return path, state
+    return None
 
 
 def record_attempt(out_dir: Path, resumed_after: int) -> None:
@@ -96,22 +145,33 @@ def record_attempt(out_dir: Path, resumed_after: int) -> None:
 
 
 def read_attempts(out_dir: Path) -> list[dict[str, Any]]:
+    """Every attempt recorded; a line cut off by a crash mid-write (the last one) is left out."""
     path = Path(out_dir) / ATTEMPTS_FILE
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    attempts = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            attempts.append(record)
+    return attempts
 
 
 def record_failure(out_dir: Path, epoch: int, message: str) -> None:
     """A deterministic failure (non-finite loss): retrying from the same checkpoint fails the same way."""
-    (out_dir / FAILED_FILE).write_text(json.dumps({"epoch": epoch, "error": message}))
+    atomic_write_json(out_dir / FAILED_FILE, {"epoch": epoch, "error": message})
 
 
 def refuse_failed_trial(out_dir: Path) -> None:
     """A trial that failed deterministically is not trained again: retries (a sweep's) fail at once."""
     path = out_dir / FAILED_FILE
     if path.exists():
-        failure = json.loads(path.read_text())
+        failure = read_json_or(path, None)
+        if not isinstance(failure, dict) or "error" not in failure:
+            failure = {"error": "a failure was recorded but its record is unreadable"}
         raise TrainingError(
             f"{failure['error']} (recorded in {path}; training again from the same checkpoint would repeat it: "
             "change the trial or remove that file)"

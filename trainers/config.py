@@ -115,9 +115,31 @@ class BackboneSpec(_Section):
         description="frozen_bn: FrozenBatchNorm2d everywhere (statistics fixed); bn: BatchNorm2d, "
         "kept in eval mode in frozen stages",
     )
+    weights_sha256: str | None = Field(
+        None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="optional pin: the sha256 of the weights file (a path or https:// URL), checked before loading",
+    )
     returned_stages: list[int] = Field(
         [2, 3, 4], description="backbone stages feeding the FPN (1-based; resnet: layer2..layer4)"
     )
+
+    @field_validator("returned_stages")
+    @classmethod
+    def _stages_in_order(cls, stages: list[int]) -> list[int]:
+        # Checked here, so `frost validate` rejects it, not a trial minutes later (trainers/trunks.py: 4 stages).
+        if not stages or any(s not in (1, 2, 3, 4) for s in stages) or stages != sorted(set(stages)):
+            raise ValueError(f"expected increasing stage numbers from 1..4 (e.g. [2, 3, 4]), got {stages}")
+        return stages
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_source(cls, value: str) -> str:
+        if value.startswith("http://"):
+            raise ValueError(
+                "weights over plain http:// can be swapped in transit: use https:// or a local path"
+            )
+        return value
 
     @field_validator("freeze", mode="before")
     @classmethod

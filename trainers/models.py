@@ -251,7 +251,7 @@ def build_detector(spec: TrialSpec, num_classes: int) -> nn.Module:
     """
     if num_classes < 1:
         raise FrostError(f"the dataset has no foreground classes (num_classes={num_classes})")
-    state = load_classifier_state(spec.backbone.name, spec.backbone.weights)
+    state = load_classifier_state(spec.backbone.name, spec.backbone.weights, spec.backbone.weights_sha256)
     backbone = build_backbone(spec, state)
     return DETECTORS[spec.detector](spec, backbone, num_classes)
 

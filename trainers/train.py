@@ -12,6 +12,7 @@ import math
 import random
 import resource
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from torch.utils.data import DataLoader
 from trainers.checkpoints import (
     CHECKPOINT_FILE,
     checkpoint_dirs,
-    newest_checkpoint,
+    load_checkpoint,
     read_attempts,
     record_attempt,
     record_failure,
@@ -98,16 +99,13 @@ def peak_memory_mb(device: torch.device) -> float:
 # ---------------------------------------------------------------------------------------------- epochs
 def train_one_epoch(
     spec: TrialSpec,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    scaler: torch.amp.GradScaler,
+    learner: _Learner,
     dataset: CocoDetection,
     epoch: int,
     device: torch.device,
     cache: FeatureCache | None = None,
 ) -> dict[str, float]:
-    model.train()
+    learner.model.train()
     gen = epoch_generator(spec.seed, epoch)
     order = torch.randperm(len(dataset), generator=gen).tolist()
     flips = (torch.rand(len(dataset), generator=gen) < spec.input.hflip).tolist()
@@ -117,7 +115,6 @@ def train_one_epoch(
         collate_fn=lambda items: _load_batch(dataset, items),
         num_workers=spec.train.workers,
     )
-    use_amp = spec.train.amp and device.type == "cuda"
     steps = len(batches)
     losses, step_times, images_seen = [], [], 0
     start = time.perf_counter()
@@ -127,41 +124,56 @@ def train_one_epoch(
             cache.select("train", [int(t["image_id"]) for t in targets], flipped)
         images = [img.to(device, non_blocking=True).float().div_(255) for img in images]
         targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
-        with torch.autocast(device_type=device.type, enabled=use_amp):
-            loss_dict = model(images, targets)
-            loss = sum(loss_dict.values())
-        if not torch.isfinite(loss):
-            parts = ", ".join(f"{k}={v.item():.4g}" for k, v in loss_dict.items())
-            raise TrainingError(f"non-finite loss at epoch {epoch} step {step}/{steps} ({parts})")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if spec.optim.grad_clip:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(
-                [p for g in optimizer.param_groups for p in g["params"]], spec.optim.grad_clip
-            )
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        losses.append(
+            train_step(spec, learner, images, targets, device, f"epoch {epoch} step {step}/{steps}")
+        )
         step_times.append(time.perf_counter() - t0)
-        losses.append(loss.item())
         images_seen += len(images)
         if step % spec.train.log_every == 0 or step == steps:
             rate = images_seen / (time.perf_counter() - start)
             log.info(
                 f"epoch {epoch}/{spec.train.epochs} step {step}/{steps} loss {np.mean(losses[-10:]):.3f} "
-                f"lr {optimizer.param_groups[0]['lr']:.4f} {rate:.1f} img/s"
+                f"lr {learner.optimizer.param_groups[0]['lr']:.4f} {rate:.1f} img/s"
             )
     elapsed = time.perf_counter() - start
     return {
         "loss": float(np.mean(losses)),
-        "lr": float(optimizer.param_groups[0]["lr"]),
+        "lr": float(learner.optimizer.param_groups[0]["lr"]),
         "images_per_s": images_seen / elapsed,
         "step_time_s": float(np.mean(step_times)),
         "epoch_time_s": elapsed,
     }
+
+
+def train_step(
+    spec: TrialSpec,
+    learner: _Learner,
+    images: list[torch.Tensor],
+    targets: list[dict[str, torch.Tensor]],
+    device: torch.device,
+    where: str,
+) -> float:
+    """One optimisation step (AMP on CUDA, optional clipping); a non-finite loss is a TrainingError."""
+    optimizer, scaler = learner.optimizer, learner.scaler
+    with torch.autocast(device_type=device.type, enabled=spec.train.amp and device.type == "cuda"):
+        loss_dict = learner.model(images, targets)
+        loss = sum(loss_dict.values())
+    if not torch.isfinite(loss):
+        parts = ", ".join(f"{k}={v.item():.4g}" for k, v in loss_dict.items())
+        raise TrainingError(f"non-finite loss at {where} ({parts})")
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if spec.optim.grad_clip:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(
+            [p for g in optimizer.param_groups for p in g["params"]], spec.optim.grad_clip
+        )
+    scaler.step(optimizer)
+    scaler.update()
+    learner.scheduler.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return float(loss.item())
 
 
 def _load_batch(dataset: CocoDetection, items: list[tuple[int, bool]]) -> tuple[list, list, list[bool]]:
@@ -229,16 +241,84 @@ def prepare_trial_dir(spec: TrialSpec, out_dir: Path) -> None:
     dump_trial_spec(spec, spec_file)
 
 
+@dataclass
+class _Data:
+    """What a trial reads: the two splits and how it is scored."""
+
+    train: CocoDetection
+    val: CocoDetection
+    buckets: dict[int, str]
+    counts: dict[int, int]
+    protocol: str
+    max_detections: int
+
+    @classmethod
+    def load(cls, spec: TrialSpec) -> _Data:
+        train_set, val_set = load_datasets(spec.data)
+        if len(train_set) == 0:
+            raise FrostError(f"{train_set.annotation_file}: no training images")
+        protocol = resolve_protocol(spec.eval.protocol, val_set.coco, val_set.annotation_file)
+        return cls(
+            train_set,
+            val_set,
+            category_buckets(train_set.coco, spec.eval.rare_max, spec.eval.common_max),
+            train_image_counts(train_set.coco),
+            protocol,
+            max_detections_of(protocol, spec.eval.max_detections),
+        )
+
+
+@dataclass
+class _Learner:
+    """What a trial trains and checkpoints: the model and everything that steps with it."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+
+    @classmethod
+    def build(cls, spec: TrialSpec, data: _Data, device: torch.device) -> _Learner:
+        model_spec = spec.with_detection_cap(
+            data.max_detections
+        )  # LVIS scores 300 per image: docs/evaluation.md
+        model = build_detector(model_spec, data.train.categories.num_classes).to(device)
+        optimizer = build_optimizer(spec, model)
+        total_steps = math.ceil(len(data.train) / spec.train.batch_size) * spec.train.epochs
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(spec, s, total_steps))
+        scaler = torch.amp.GradScaler(device.type, enabled=spec.train.amp and device.type == "cuda")
+        return cls(model, optimizer, scheduler, scaler)
+
+    def state(self, spec: TrialSpec, epoch: int, history: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "epoch": epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng_state(),
+            "history": history,
+            "spec": spec.model_dump(mode="json"),
+        }
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+
+
 def run_trial(
     spec: TrialSpec,
     out_dir: Path,
     reporter: Reporter | None = None,
     resume_from: Path | None = None,
 ) -> dict[str, Any]:
-    """Train and evaluate one trial; returns the final epoch's metrics (plus `epochs`).
+    """Train and evaluate one trial; returns the final epoch's metrics (plus `epochs`, `cache_used`).
 
-    Starting again on the same `out_dir` resumes from its newest checkpoint (or `resume_from`), and the
-    reporter is told so once (`reporter.resume`) before training goes on.
+    Starting again on the same `out_dir` resumes from its newest readable checkpoint (or `resume_from`), and
+    the reporter is told so once (`reporter.resume`) before training goes on.
     """
     out_dir = Path(out_dir)
     prepare_trial_dir(spec, out_dir)
@@ -246,45 +326,27 @@ def run_trial(
     reporter = reporter or JsonLinesReporter(out_dir / "metrics.jsonl")
     seed_everything(spec.seed)
     device = resolve_device(spec.train.device)
-
-    train_set, val_set = load_datasets(spec.data)
-    if len(train_set) == 0:
-        raise FrostError(f"{train_set.annotation_file}: no training images")
-    buckets = category_buckets(train_set.coco, spec.eval.rare_max, spec.eval.common_max)
-    counts = train_image_counts(train_set.coco)
-    protocol = resolve_protocol(spec.eval.protocol, val_set.coco, val_set.annotation_file)
-    max_detections = max_detections_of(protocol, spec.eval.max_detections)
-
-    model_spec = spec.with_detection_cap(max_detections)  # LVIS evaluates 300 per image: docs/evaluation.md
-    model = build_detector(model_spec, train_set.categories.num_classes).to(device)
-    trainable, total = count_parameters(model)
-    optimizer = build_optimizer(spec, model)
-    steps_per_epoch = math.ceil(len(train_set) / spec.train.batch_size)
-    total_steps = steps_per_epoch * spec.train.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(spec, s, total_steps))
-    scaler = torch.amp.GradScaler(device.type, enabled=spec.train.amp and device.type == "cuda")
+    data = _Data.load(spec)
+    learner = _Learner.build(spec, data, device)
+    trainable, total = count_parameters(learner.model)
 
     history: list[dict[str, Any]] = []
-    start_epoch = 1
-    checkpoint = newest_checkpoint(out_dir, resume_from)
-    if checkpoint is not None:
-        state = torch.load(checkpoint / CHECKPOINT_FILE, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
+    loaded = load_checkpoint(out_dir, resume_from, device)
+    if loaded is not None:
+        checkpoint, state = loaded
+        learner.load(state)
         history = state["history"]
-        start_epoch = state["epoch"] + 1
         log.info(f"resuming {out_dir} from {checkpoint.name} (epoch {state['epoch']} done)")
         reporter.resume(history, checkpoint)
+    start_epoch = history[-1]["epoch"] + 1 if history else 1
     record_attempt(out_dir, start_epoch - 1)
-    cache, cache_report = prepare_feature_cache(spec, model, train_set, val_set)
-    detector_parts(model)[1].prefix_source = cache
+    cache, cache_report = prepare_feature_cache(spec, learner.model, data.train, data.val)
+    detector_parts(learner.model)[1].prefix_source = cache
     log.info(
         f"trial: {spec.detector} {spec.backbone.name} freeze={spec.backbone.freeze} on {device}; "
-        f"{len(train_set)} train / {len(val_set)} val images, {train_set.categories.num_classes} classes; "
-        f"{trainable:,} of {total:,} parameters trainable; {protocol} evaluation, {max_detections} per image"
+        f"{len(data.train)} train / {len(data.val)} val images, {data.train.categories.num_classes} classes; "
+        f"{trainable:,} of {total:,} parameters trainable; {data.protocol} evaluation, "
+        f"{data.max_detections} per image"
     )
 
     if device.type == "cuda":
@@ -292,40 +354,49 @@ def run_trial(
     for epoch in range(start_epoch, spec.train.epochs + 1):
         metrics: dict[str, Any] = {"epoch": epoch}
         try:
-            metrics.update(
-                train_one_epoch(spec, model, optimizer, scheduler, scaler, train_set, epoch, device, cache)
-            )
+            metrics.update(train_one_epoch(spec, learner, data.train, epoch, device, cache))
         except TrainingError as exc:
             record_failure(out_dir, epoch, str(exc))
             raise
         metrics.update(peak_memory_mb=peak_memory_mb(device), trainable_params=trainable, total_params=total)
         metrics.update(cache_report.metrics())
         if epoch % spec.eval.every == 0 or epoch == spec.train.epochs:
-            detections = predict(spec, model, val_set, device, cache)
-            result = evaluate_detections(
-                val_set.coco, detections, buckets, counts, val_set.image_ids, protocol, max_detections
-            )
-            write_eval_files(result, detections, out_dir / "eval" / f"epoch-{epoch:04d}")
-            metrics.update(result.metrics)
-            log.info(
-                f"epoch {epoch}: AP {result.metrics['AP']:.3f} AP50 {result.metrics['AP50']:.3f} "
-                f"AP_r {result.metrics['AP_r']:.3f} AP_c {result.metrics['AP_c']:.3f} "
-                f"AP_f {result.metrics['AP_f']:.3f}"
-            )
+            metrics.update(evaluate_epoch(spec, learner.model, data, epoch, device, cache, out_dir))
         history.append(metrics)
-        state = {
-            "epoch": epoch,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "rng": rng_state(),
-            "history": history,
-            "spec": spec.model_dump(mode="json"),
-        }
-        checkpoint_dir = save_checkpoint(out_dir, epoch, state, spec.train.keep_checkpoints)
+        checkpoint_dir = save_checkpoint(
+            out_dir, epoch, learner.state(spec, epoch, history), spec.train.keep_checkpoints
+        )
         reporter.report(epoch, metrics, checkpoint_dir)
     return {**final_metrics(history), "cache_used": cache is not None}
+
+
+def evaluate_epoch(
+    spec: TrialSpec,
+    model: torch.nn.Module,
+    data: _Data,
+    epoch: int,
+    device: torch.device,
+    cache: FeatureCache | None,
+    out_dir: Path,
+) -> dict[str, float]:
+    """Predict the val split, score it (COCO or LVIS rules), keep the files under eval/epoch-NNNN."""
+    detections = predict(spec, model, data.val, device, cache)
+    result = evaluate_detections(
+        data.val.coco,
+        detections,
+        data.buckets,
+        data.counts,
+        data.val.image_ids,
+        data.protocol,
+        data.max_detections,
+    )
+    write_eval_files(result, detections, out_dir / "eval" / f"epoch-{epoch:04d}")
+    m = result.metrics
+    log.info(
+        f"epoch {epoch}: AP {m['AP']:.3f} AP50 {m['AP50']:.3f} AP_r {m['AP_r']:.3f} AP_c {m['AP_c']:.3f} "
+        f"AP_f {m['AP_f']:.3f}"
+    )
+    return m
 
 
 def final_metrics(history: list[dict[str, Any]]) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,22 @@ from trainers.errors import FrostError
 from trainers.trunks import IMAGENET_WEIGHTS, build_classifier, is_head_key, layout_of
 
 
-def load_classifier_state(backbone: str, weights: str) -> dict[str, Tensor] | None:
+def check_sha256(path: Path, expected: str | None) -> None:
+    """`backbone.weights_sha256`: the file must be the one pinned, or nothing of it is loaded."""
+    if expected is None:
+        return
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != expected:
+        raise FrostError(
+            f"backbone.weights_sha256: {path} has sha256 {digest.hexdigest()}, not the pinned {expected}; "
+            "not loaded"
+        )
+
+
+def load_classifier_state(backbone: str, weights: str, sha256: str | None = None) -> dict[str, Tensor] | None:
     """Resolve `backbone.weights` to the trunk's state_dict (classifier head dropped), or None for random init.
 
     `none` | `builtin` (offline-pretrained, trainers.pretrain) | `imagenet` (torchvision's published weights,
@@ -33,25 +49,27 @@ def load_classifier_state(backbone: str, weights: str) -> dict[str, Tensor] | No
     if weights == "imagenet":
         state, source = _imagenet_state(backbone)
         return _trunk_state(backbone, state, source)
-    if weights.startswith(("http://", "https://")):
-        return _trunk_state(backbone, _url_state(weights), weights)
+    if weights.startswith("https://"):
+        return _trunk_state(backbone, read_checkpoint(_download(weights), sha256), weights)
     if weights.startswith("file://"):
         path = Path(unquote(urlparse(weights).path))
     elif "://" in weights:
         scheme = weights.split("://", 1)[0]
         raise FrostError(
             f"backbone.weights: {weights}: {scheme}:// is not supported; copy the checkpoint to a local "
-            "path (or http(s):// URL) and give that"
+            "path (or https:// URL) and give that"
         )
     else:
         path = Path(weights).expanduser()
-    return _trunk_state(backbone, read_checkpoint(path), str(path))
+    return _trunk_state(backbone, read_checkpoint(path, sha256), str(path))
 
 
-def read_checkpoint(path: Path) -> Any:
-    """torch.load a checkpoint safely (tensors and plain containers only), or FrostError naming the file."""
+def read_checkpoint(path: Path, sha256: str | None = None) -> Any:
+    """torch.load a checkpoint safely (tensors and plain containers only: nothing in it runs), after checking
+    its pinned sha256 if given; or FrostError naming the file."""
     if not path.is_file():
         raise FrostError(f"backbone.weights: {path}: no such checkpoint file")
+    check_sha256(path, sha256)
     try:
         return torch.load(path, weights_only=True, map_location="cpu")
     except Exception as exc:  # torch raises several types (pickle, zip, RuntimeError) for a bad file
@@ -96,21 +114,26 @@ def _imagenet_state(backbone: str) -> tuple[Any, str]:
     return state, str(path)
 
 
-def _url_state(url: str) -> Any:
+def _download(url: str) -> Path:
+    """The file of an https:// checkpoint, fetched into the torch.hub cache once; loading it is
+    read_checkpoint's (weights_only=True: torch.hub's own loader would unpickle it, docs/stack.md)."""
     cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
     if cached.is_file():
-        return read_checkpoint(cached)
+        return cached
     if _offline():
         raise FrostError(
             f"backbone.weights: {url}: not in the cache at {cached} and FROST_OFFLINE is set; "
             "place the file there or give a local path"
         )
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    partial = cached.with_name(cached.name + ".partial")
     try:
-        return torch.hub.load_state_dict_from_url(
-            url, model_dir=str(cached.parent), map_location="cpu", progress=False
-        )
+        torch.hub.download_url_to_file(url, str(partial), progress=False)
+        os.replace(partial, cached)
     except Exception as exc:
+        partial.unlink(missing_ok=True)
         raise FrostError(f"backbone.weights: {url}: download failed ({type(exc).__name__}: {exc})") from None
+    return cached
 
 
 def _unwrap_state(raw: Any, backbone: str, source: str) -> dict[str, Tensor]:
