@@ -15,7 +15,7 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from service.cli_flags import ROOT_HELP, driver_flags, flag, force, overrides
+from service.cli_flags import ROOT_HELP, allow_large, driver_flags, flag, force, overrides
 from service.console import configure_logging
 from trainers.errors import FrostError, TrainingError
 
@@ -84,6 +84,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from sweeps.spec import load_sweep_spec
 
     spec = load_sweep_spec(args.spec, args.set)
+    spec.check_size(args.allow_large)
     _print_warnings(spec)
     print(f"{args.spec}: valid sweep '{spec.name}' ({spec.digest()})")
     return 0
@@ -101,6 +102,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from sweeps.spec import load_sweep_spec
 
     spec = load_sweep_spec(args.spec, args.set)
+    spec.check_size(args.allow_large)
     _print_warnings(spec)
     summary = run_sweep(spec, root=args.root, address=args.address, force=args.force, verbose=args.verbose)
     if args.json:
@@ -212,6 +214,7 @@ def _trial_commands(sub: Any) -> None:
 def _sweep_commands(sub: Any) -> None:
     validate = sub.add_parser("validate", help="validate a sweep spec")
     validate.add_argument("spec")
+    allow_large(validate)
     overrides(validate)
     validate.set_defaults(func=_cmd_validate)
 
@@ -222,6 +225,7 @@ def _sweep_commands(sub: Any) -> None:
     run.add_argument("spec")
     driver_flags(run)
     force(run)
+    allow_large(run)
     overrides(run)
     run.set_defaults(func=_cmd_run)
 

@@ -28,3 +28,7 @@ def driver_flags(p: argparse.ArgumentParser) -> None:
 
 def force(p: argparse.ArgumentParser) -> None:
     flag(p, "--force", "a changed spec under an existing name: keep the old sweep aside and start afresh")
+
+
+def allow_large(p: argparse.ArgumentParser) -> None:
+    flag(p, "--allow-large", "run a sweep above the trial-count limit (sweeps/model.py MAX_TRIALS)")

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from service.cli_flags import JOBS_ADDRESS_HELP, flag, force, overrides
+from service.cli_flags import JOBS_ADDRESS_HELP, allow_large, flag, force, overrides
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -17,6 +17,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from sweeps.spec import load_sweep_spec
 
     spec = load_sweep_spec(args.spec, args.set)
+    spec.check_size(args.allow_large)
     if not args.root:
         print(
             "frost: no --root: the sweep's state goes to the head's $FROST_HOME, which must be set to shared "
@@ -82,6 +83,7 @@ def add_job_parsers(sub: Any) -> None:
     submit.add_argument("--root", help="project folder on the cluster (default: the head's $FROST_HOME)")
     flag(submit, "--json", "last stdout line: a JSON summary")
     force(submit)
+    allow_large(submit)
     overrides(submit)
     submit.set_defaults(func=cmd_submit)
 

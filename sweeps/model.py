@@ -23,8 +23,11 @@ from sweeps.sections import (
     strata_problems,
 )
 from trainers.config import TrialSpec
+from trainers.errors import FrostError
 
-_SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+# More trials than this in one sweep is refused without --allow-large (SweepSpec.check_size).
+MAX_TRIALS = 10_000
+_SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}\Z")  # \Z: "$" would let a trailing newline in
 # Schemes pyarrow (Ray Tune's storage layer) resolves from a URI; anything else is taken for a typo.
 STORAGE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss", "file")
 
@@ -165,6 +168,15 @@ class SweepSpec(_Strict):
     def experiment_name(self) -> str:
         """The MLflow experiment: tracking.experiment, or the sweep name."""
         return self.tracking.experiment or self.name
+
+    def check_size(self, allow_large: bool = False) -> None:
+        """A sweep above MAX_TRIALS trials is almost surely a typo in a grid (or a grid of grids): refused
+        unless asked for (`--allow-large`)."""
+        if not allow_large and self.trial_count() > MAX_TRIALS:
+            raise FrostError(
+                f"search: {self.trial_count():,} trials (samples x grid sizes) is above the limit of {MAX_TRIALS:,}; "
+                "shrink the grid, or pass --allow-large if you mean it"
+            )
 
     def trial_count(self) -> int:
         """How many trials Tune will start: samples × the product of the grid sizes."""

@@ -5,9 +5,12 @@ Each case is run through the real command line (in-process); none may reach trai
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 from service.cli import main
 
@@ -107,3 +110,217 @@ def test_storage_every_user_may_write_is_refused(tmp_path, capsys):
     spec = Path(__file__).resolve().parents[1] / "sweeps" / "catalog" / "smoke.yaml"
     _assert_user_error(main(["run", str(spec), "--root", str(root)]), capsys, "writable by every user")
     assert not (root / "sweeps").exists()
+
+
+# --------------------------------------------------------------------------------------------- datasets
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """A tiny real COCO dataset written by `frost data synth`; each case corrupts a copy of its train file."""
+    out = tmp_path_factory.mktemp("coco")
+    assert main(["data", "synth", str(out), "--set", "train_images=4", "--set", "val_images=2",
+                 "--set", "image_size=64", "--set", "classes=3"]) == 0  # fmt: skip
+    return out
+
+
+def _mutations():
+    def image(key, value):
+        return lambda d: d["images"][0].__setitem__(key, value)
+
+    def ann(key, value):
+        return lambda d: d["annotations"][0].__setitem__(key, value)
+
+    def cat(key, value):
+        return lambda d: d["categories"][0].__setitem__(key, value)
+
+    return {
+        "width-string": (image("width", "wide"), "images[0].width"),
+        "height-null": (image("height", None), "images[0].height"),
+        "width-zero": (image("width", 0), "images[0].width"),
+        "width-bool": (image("width", True), "images[0].width"),
+        "image-id-list": (image("id", [1]), "images[0].id"),
+        "image-id-string": (image("id", "1"), "images[0].id"),
+        "image-id-duplicate": (lambda d: d["images"][1].__setitem__("id", d["images"][0]["id"]), "twice"),
+        "file-name-escapes": (image("file_name", "../../etc/passwd"), "leaves the image folder"),
+        "file-name-absolute": (image("file_name", "/etc/passwd"), "leaves the image folder"),
+        "file-name-number": (image("file_name", 7), "images[0].file_name"),
+        "neg-ids-not-list": (image("neg_category_ids", "1,2"), "neg_category_ids"),
+        "category-id-string": (cat("id", "1"), "categories[0].id"),
+        "category-not-object": (lambda d: d["categories"].__setitem__(0, 5), "categories[0]"),
+        "ann-category-string": (ann("category_id", "1"), "annotations[0].category_id"),
+        "ann-image-missing": (ann("image_id", 10**9), "no image with id"),
+        "ann-id-null": (ann("id", None), "annotations[0].id"),
+        "ann-not-object": (lambda d: d["annotations"].__setitem__(0, []), "annotations[0]"),
+        "bbox-strings": (ann("bbox", ["a", "b", "c", "d"]), "bbox must be numbers"),
+        "bbox-short": (ann("bbox", [1, 2]), "bbox must be [x, y, w, h]"),
+        "images-not-list": (lambda d: d.__setitem__("images", {}), "missing list(s): images"),
+        "top-level-list": (None, "expected a COCO object"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_mutations()))
+def test_a_malformed_coco_file_is_a_user_error(tmp_path, capsys, dataset, case):
+    mutate, needle = _mutations()[case]
+    root = tmp_path / "data"
+    shutil.copytree(dataset, root)
+    train = root / "annotations" / "train.json"
+    data = json.loads(train.read_text())
+    if mutate is None:
+        data = [data]
+    else:
+        mutate(data)
+    train.write_text(json.dumps(data))
+    code = main(
+        ["train", "--out", str(tmp_path / "out"), "--set", "data.source=coco", "--set", f"data.root={root}"]
+    )
+    _assert_user_error(code, capsys, "train.json", needle)
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"), [(b"\xff\xfe{}", "not UTF-8"), (b"{" * 100_000, "malformed JSON")]
+)
+def test_unreadable_annotation_bytes(tmp_path, capsys, dataset, content, needle):
+    root = tmp_path / "data"
+    shutil.copytree(dataset, root)
+    (root / "annotations" / "train.json").write_bytes(content)
+    code = main(
+        ["train", "--out", str(tmp_path / "out"), "--set", "data.source=coco", "--set", f"data.root={root}"]
+    )
+    _assert_user_error(code, capsys, "train.json", needle)
+
+
+# --------------------------------------------------------------------------------------------- sweep specs
+CATALOG = Path(__file__).resolve().parents[1] / "sweeps" / "catalog"
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("name: 'smoke\\n'", "name"),
+        ("name: Smoke", "name"),
+        ("samples: .inf", "samples"),
+        ("samples: 0", "samples"),
+        ("search: {optim.lr: {uniform: [0.0, .inf]}}", "optim.lr"),
+        ("search: {optim.lr: {loguniform: [.nan, 0.1]}}", "optim.lr"),
+        ("search: {optim.lr: {grid: []}}", "optim.lr"),
+        ("search: {no.such.field: {grid: [1, 2]}}", "no.such.field"),
+        ("trial: {backbone: {returned_stages: [4, 2]}}", "returned_stages"),
+        ("trial: {backbone: {weights: 'http://example.invalid/w.pt'}}", "weights"),
+    ],
+)
+def test_a_bad_sweep_field_is_a_user_error(tmp_path, capsys, text, needle):
+    spec = yaml.safe_load((CATALOG / "smoke.yaml").read_text())
+    spec.update(yaml.safe_load(text))
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    _assert_user_error(main(["validate", str(path)]), capsys, needle)
+
+
+def test_an_absurd_trial_count_needs_allow_large(tmp_path, capsys):
+    spec = yaml.safe_load((CATALOG / "smoke.yaml").read_text())
+    spec["search"] = {
+        "backbone.freeze": {"grid": ["frozen", "finetune"]},  # smoke's scheduler stratifies by it
+        "data.synth.seed": {"grid": list(range(200))},
+        "optim.lr": {"grid": [i / 1e4 for i in range(1, 101)]},
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    _assert_user_error(main(["validate", str(path)]), capsys, "40,000 trials", "--allow-large")
+    for command in (
+        ["run", str(path), "--root", str(tmp_path / "r")],
+        ["submit", str(path), "--address", "http://127.0.0.1:1"],
+    ):
+        _assert_user_error(main(command), capsys, "--allow-large")
+    assert main(["validate", str(path), "--allow-large"]) == 0
+
+
+# --------------------------------------------------------------------------------------------- flags and files
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["train", "--out", "{tmp}/o", "--set", "train.epochs"], "--set"),
+        (["train", "--out", "{tmp}/o", "--set", "no.such=1"], "no: unknown field"),
+        (["train", "--out", "{tmp}/o", "--set", "train.epochs=-1"], "train.epochs"),
+        (["train", "--out", "{tmp}/o", "--set", "data.source=coco"], "data.root"),
+        (
+            ["train", "--out", "{tmp}/o", "--set", "data.source=coco", "--set", "data.root={tmp}/nowhere"],
+            "data.root",
+        ),
+        (["data", "synth", "{tmp}/d", "--set", "classes=0"], "classes"),
+        (["pretrain", "--backbone", "resnet1000", "--out", "{tmp}/p.pt"], "backbone"),
+        (
+            ["run", "{catalog}/smoke.yaml", "--address", "not-an-address", "--root", "{tmp}/r"],
+            "not-an-address",
+        ),
+        (["validate", "{catalog}/smoke.yaml", "--set", "scheduler.stratify_by=optim.lr"], "stratify_by"),
+        (["validate", "{catalog}/smoke.yaml", "--set", "samples=many"], "samples"),
+    ],
+)
+def test_bad_flags(tmp_path, capsys, argv, needle):
+    argv = [a.format(tmp=tmp_path, catalog=CATALOG) for a in argv]
+    _assert_user_error(main(argv), capsys, needle)
+
+
+@pytest.mark.parametrize("content", [b"\x00\x01\x02", b"name: [unclosed", b"- a list\n"])
+@pytest.mark.parametrize("command", ["status", "resume"])
+def test_a_corrupt_saved_spec_names_the_file(tmp_path, capsys, content, command):
+    folder = tmp_path / "sweeps" / "demo"
+    folder.mkdir(parents=True)
+    (folder / "frost-sweep.yaml").write_bytes(content)
+    _assert_user_error(main([command, "demo", "--root", str(tmp_path)]), capsys, "frost-sweep.yaml")
+
+
+def test_a_corrupt_tracking_map_or_history_does_not_break_status(tmp_path, capsys):
+    folder = tmp_path / "sweeps" / "smoke"
+    (folder / "trials" / "t1" / "checkpoints" / "epoch-0001").mkdir(parents=True)
+    shutil.copy(CATALOG / "smoke.yaml", folder / "frost-sweep.yaml")
+    (folder / "tracking.json").write_bytes(b"\xff{")
+    (folder / "trials" / "t1" / "checkpoints" / "epoch-0001" / "history.json").write_text('{"epoch": ')
+    assert main(["status", "smoke", "--root", str(tmp_path), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [t["state"] for t in status["trials"]] == ["UNREADABLE"]
+
+
+# --------------------------------------------------------------------------------------------- random mutations
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_LEAVES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(10**12), max_value=10**12),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
+    st.lists(st.integers(min_value=-3, max_value=3), max_size=3),
+)
+_VALUES = st.recursive(
+    _LEAVES, lambda inner: st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=6
+)
+
+
+def _paths(node, prefix=()):
+    yield prefix
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _paths(value, (*prefix, key))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data(), catalog=st.sampled_from(sorted(p.name for p in CATALOG.glob("*.yaml"))))
+def test_random_mutations_of_catalog_specs_never_crash(tmp_path, capsys, data, catalog):
+    spec = yaml.safe_load((CATALOG / catalog).read_text())
+    for _ in range(data.draw(st.integers(min_value=1, max_value=3))):
+        path = data.draw(st.sampled_from([p for p in _paths(spec) if p]))
+        node = spec
+        for key in path[:-1]:
+            node = node[key]
+        if data.draw(st.booleans()):
+            node[path[-1]] = data.draw(_VALUES)
+        else:
+            del node[path[-1]]
+    file = tmp_path / "mutated.yaml"
+    file.write_text(yaml.safe_dump(spec))
+    code = main(["validate", str(file)])
+    captured = capsys.readouterr()
+    assert code in (0, 2), captured.err[-2000:]
+    assert "Traceback" not in captured.err

@@ -48,17 +48,23 @@ class CategoryMap:
 def load_coco(path: Path) -> COCO:
     """pycocotools COCO from a file, with errors that name the file and nothing printed to stdout."""
     try:
-        with path.open() as fh:
+        with path.open(encoding="utf-8") as fh:
             raw = json.load(fh)
     except OSError as exc:
         raise FrostError(f"{path}: cannot read annotations ({exc.strerror or exc})") from None
-    except json.JSONDecodeError as exc:
+    except UnicodeDecodeError as exc:
+        raise FrostError(f"{path}: not UTF-8 text (byte {exc.start}); COCO annotations are JSON") from None
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise FrostError(f"{path}: malformed JSON ({exc})") from None
     if not isinstance(raw, dict):
         raise FrostError(f"{path}: expected a COCO object with images/annotations/categories")
     missing = [key for key in ("images", "annotations", "categories") if not isinstance(raw.get(key), list)]
     if missing:
         raise FrostError(f"{path}: not COCO format, missing list(s): {', '.join(missing)}")
+    problems = coco_type_problems(raw)
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise FrostError(f"{path}: " + "; ".join(problems[:5]) + more)
     coco = COCO()
     coco.dataset = raw
     with contextlib.redirect_stdout(io.StringIO()):
@@ -67,6 +73,65 @@ def load_coco(path: Path) -> COCO:
         except (KeyError, TypeError) as exc:
             raise FrostError(f"{path}: malformed COCO record (missing {exc})") from None
     return coco
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_size(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < float("inf")
+
+
+def _id_problems(records: list, section: str) -> list[str]:
+    problems, seen = [], set()
+    for i, record in enumerate(records):
+        if not isinstance(record, dict):
+            problems.append(f"{section}[{i}]: expected an object, got {type(record).__name__}")
+        elif not _is_int(record.get("id")):
+            problems.append(f"{section}[{i}].id: expected an integer, got {record.get('id')!r}")
+        elif record["id"] in seen:
+            problems.append(f"{section}[{i}].id: {record['id']} appears twice")
+        else:
+            seen.add(record["id"])
+    return problems
+
+
+def _image_problems(i: int, image: dict) -> list[str]:
+    problems = []
+    name = image.get("file_name")
+    if not isinstance(name, str) or not name:
+        problems.append(f"images[{i}].file_name: expected a path, got {name!r}")
+    elif Path(name).is_absolute() or ".." in Path(name).parts:
+        problems.append(f"images[{i}].file_name: {name!r} leaves the image folder")
+    for key in ("width", "height"):
+        if not _is_size(image.get(key)):
+            problems.append(f"images[{i}].{key}: expected a positive number, got {image.get(key)!r}")
+    for key in ("neg_category_ids", "not_exhaustive_category_ids"):
+        if key in image and not (isinstance(image[key], list) and all(_is_int(c) for c in image[key])):
+            problems.append(f"images[{i}].{key}: expected a list of category ids, got {image[key]!r}")
+    return problems
+
+
+def coco_type_problems(raw: dict) -> list[str]:
+    """Type-level problems of a COCO (or LVIS) annotation object, each naming its record: what pycocotools
+    would otherwise turn into a traceback or, worse, silently wrong indexes (mixed str/int ids)."""
+    problems = [*_id_problems(raw["images"], "images"), *_id_problems(raw["categories"], "categories")]
+    if problems:
+        return problems
+    for i, image in enumerate(raw["images"]):
+        problems += _image_problems(i, image)
+    image_ids = {image["id"] for image in raw["images"]}
+    for i, ann in enumerate(raw["annotations"]):
+        if not isinstance(ann, dict):
+            problems.append(f"annotations[{i}]: expected an object, got {type(ann).__name__}")
+            continue
+        for key in ("id", "image_id", "category_id"):
+            if not _is_int(ann.get(key)):
+                problems.append(f"annotations[{i}].{key}: expected an integer, got {ann.get(key)!r}")
+        if _is_int(ann.get("image_id")) and ann["image_id"] not in image_ids:
+            problems.append(f"annotations[{i}].image_id: no image with id {ann['image_id']}")
+    return problems
 
 
 def _resolve(root: Path, path: str) -> Path:
