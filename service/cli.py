@@ -68,9 +68,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
+    from sweeps.space import check_repeats
     from sweeps.spec import load_sweep_spec
 
     spec = load_sweep_spec(args.spec, args.set)
+    check_repeats(spec)
     print(f"{args.spec}: valid sweep '{spec.name}' ({spec.digest()})")
     return 0
 

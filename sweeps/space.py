@@ -39,6 +39,7 @@ from sweeps.spec import (
 )
 from trainers.config import TrialSpec, format_validation_error
 from trainers.errors import FrostError
+from trainers.identity import capacity_key
 
 # The trainer reports this every epoch (trainers/reporting.py): 1-based count of finished epochs.
 TIME_ATTR = "epoch"
@@ -63,7 +64,24 @@ def tune_domain(sampler: Any) -> Any:
 
 def param_space(spec: SweepSpec) -> dict[str, Any]:
     """Tune's param_space: {dotted path: domain}, flat."""
+    check_repeats(spec)
     return {path: tune_domain(sampler) for path, sampler in spec.search.items()}
+
+
+def check_repeats(spec: SweepSpec) -> None:
+    """Refuse `samples > 1` when the repeats would be copies: no searched `seed` and no random sampler.
+
+    Tune repeats the grid `samples` times with the same values, so without a searched seed each repeat is
+    the same trial, and counting copies as a seed spread would call noise-free what was never measured.
+    Refused rather than seeded behind the user's back: a searched `seed: {grid: [0, 1, 2]}` says it."""
+    if spec.samples <= 1 or "seed" in spec.search:
+        return
+    if all(isinstance(sampler, GridSampler) for sampler in spec.search.values()):
+        raise FrostError(
+            f"samples: {spec.samples} repeats of the same grid without a searched seed are identical "
+            f"trials; search the seed instead (search: seed: {{grid: {list(range(spec.samples))}}}, "
+            "samples: 1)"
+        )
 
 
 def _plain(value: Any) -> Any:
@@ -210,6 +228,7 @@ def trial_tags(trial: TrialSpec) -> dict[str, str]:
         "data_source": trial.data.source,
         "seed": str(trial.seed),
         "trial_digest": trial.digest(),
+        "frost.capacity": capacity_key(trial),
     }
 
 

@@ -28,6 +28,7 @@ from trainers.config import TrialSpec, dump_trial_spec
 from trainers.data import CocoDetection, collate, hflip, load_datasets
 from trainers.errors import FrostError, TrainingError
 from trainers.evaluate import category_buckets, evaluate_detections, train_image_counts, write_eval_files
+from trainers.measures import TrialMeasures
 from trainers.models import build_detector, count_parameters
 from trainers.reporting import JsonLinesReporter, Reporter
 
@@ -294,6 +295,7 @@ def run_trial(
 
     model = build_detector(spec, train_set.categories.num_classes).to(device)
     trainable, total = count_parameters(model)
+    measures = TrialMeasures.of(model, device)  # after data and model: the baseline of train_memory_mb
     optimizer = build_optimizer(spec, model)
     steps_per_epoch = math.ceil(len(train_set) / spec.train.batch_size)
     total_steps = steps_per_epoch * spec.train.epochs
@@ -332,7 +334,7 @@ def run_trial(
         except TrainingError as exc:
             record_failure(out_dir, epoch, str(exc))
             raise
-        metrics.update(peak_memory_mb=peak_memory_mb(device), trainable_params=trainable, total_params=total)
+        metrics.update(measures.epoch_metrics(peak_memory_mb(device)))
         if epoch % spec.eval.every == 0 or epoch == spec.train.epochs:
             detections = predict(spec, model, val_set, device)
             result = evaluate_detections(
