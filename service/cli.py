@@ -86,10 +86,19 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from service.driver import run_sweep
+    from sweeps.space import check_repeats
     from sweeps.spec import load_sweep_spec
 
     spec = load_sweep_spec(args.spec, args.set)
-    summary = run_sweep(spec, root=args.root, address=args.address, force=args.force, verbose=args.verbose)
+    check_repeats(spec)
+    summary = run_sweep(
+        spec,
+        root=args.root,
+        address=args.address,
+        force=args.force,
+        verbose=args.verbose,
+        report=not args.no_report,
+    )
     if args.json:
         print(json.dumps(summary.to_json()))
     return _sweep_exit_code(summary)
@@ -100,6 +109,20 @@ def _sweep_exit_code(summary: SweepSummary) -> int:
     if summary.interrupted:
         return 130
     return 0 if summary.ok else 1
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from service.project import find_sweep, project_root
+    from service.report import report_sweep
+
+    directory = find_sweep(args.name, project_root(args.root))
+    report, path = report_sweep(directory)
+    if args.format == "json":
+        print(json.dumps(report.to_json()))
+    else:
+        print(report.finding)
+        print(path)
+    return 0
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
@@ -282,8 +305,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="a changed spec under an existing name: keep the old sweep aside and start afresh",
     )
+    run.add_argument(
+        "--no-report", action="store_true", help="skip the report at the end (frost report NAME)"
+    )
     overrides(run)
     run.set_defaults(func=_cmd_run)
+
+    report = sub.add_parser("report", help="frozen vs fine-tuned: table, plots, finding (report.md)")
+    report.add_argument("name")
+    report.add_argument("--root", help="project folder (default $FROST_HOME or ./frost-runs)")
+    report.add_argument(
+        "--format", choices=("md", "json"), default="md", help="last stdout line: path or JSON"
+    )
+    report.set_defaults(func=_cmd_report)
 
     resume = sub.add_parser("resume", help="resume an interrupted sweep (its saved spec) to the end")
     resume.add_argument("name")

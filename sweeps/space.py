@@ -129,7 +129,8 @@ def build_scheduler(spec: SweepSpec, state_path: str | Path | None = None) -> Tr
             time_attr=TIME_ATTR,
             metric=scheduler.metric,
             mode=scheduler.mode,
-            max_t=scheduler.max_epochs,  # filled in by validation when the YAML leaves it out
+            # filled in by validation when the YAML leaves it out
+            max_t=scheduler.max_epochs or spec.trial.train.epochs,
             grace_period=scheduler.grace_period,
             reduction_factor=scheduler.reduction_factor,
             brackets=scheduler.brackets,
