@@ -36,15 +36,8 @@ METRICS = (
     "head_params",
     "body_params",
 )
-# Tags (sweeps/space.py trial_tags) that describe a capacity to a person.
-LABEL_TAGS = (
-    ("detector", "detector"),
-    ("backbone", "backbone"),
-    ("fpn_channels", "fpn"),
-    ("neck_extra_blocks", "neck_blocks"),
-    ("box_convs", "box_convs"),
-    ("head_convs", "head_convs"),
-)
+# COCO's -1: no class of that bucket in the val split (trainers/evaluate.py); not a score to average.
+AP_METRICS = ("AP", "AP50", "AP_r", "AP_c", "AP_f")
 
 
 @dataclass
@@ -63,6 +56,7 @@ class ReportRow:
     run_id: str | None = None
     error: str | None = None
     source: str = "mlflow"  # or "storage": MLflow did not know the trial
+    fields: dict[str, str] = field(default_factory=dict)  # the capacity's fields, flattened (for labels)
     stop: dict[str, Any] | None = None  # the scheduler's decision (rung, cutoff, value), when known
 
     @property
@@ -75,8 +69,30 @@ class ReportRow:
         return self.fate == "stopped"
 
 
-def _label(tags: dict[str, str]) -> str:
-    return " ".join(f"{short}={tags[tag]}" for tag, short in LABEL_TAGS if tag in tags)
+def _figures(values: dict[str, Any]) -> dict[str, float]:
+    """The report's metrics among `values`, an AP of -1 (no such classes) left out."""
+    return {
+        k: float(values[k])
+        for k in METRICS
+        if is_number(values.get(k)) and not (k in AP_METRICS and float(values[k]) < 0)
+    }
+
+
+def _capacity_params(params: dict[str, str]) -> dict[str, str]:
+    """A run's flattened trial params without the fields the capacity key ignores (trainers/identity.py)."""
+    from trainers.identity import NOT_CAPACITY, SPEED_ONLY_NAMES
+
+    ignored = {".".join(path) for path in NOT_CAPACITY}
+    return {k: v for k, v in params.items() if k not in ignored and not SPEED_ONLY_NAMES & set(k.split("."))}
+
+
+def label_capacities(rows: list[ReportRow]) -> None:
+    """Each row's label: the capacity fields whose values differ between the sweep's capacities."""
+    by_capacity = {row.capacity: row.fields for row in rows}
+    keys = sorted({k for fields in by_capacity.values() for k in fields})
+    varying = [k for k in keys if len({fields.get(k) for fields in by_capacity.values()}) > 1]
+    for row in rows:
+        row.label = " ".join(f"{k}={row.fields.get(k)}" for k in varying)
 
 
 def _int(value: Any) -> int | None:
@@ -98,10 +114,10 @@ def row_from_run(run: Any) -> ReportRow:
         fate=None if fate in (None, "running") else fate,
         epochs=_int(metrics.get("epoch")) or 0,
         planned_epochs=_int(params.get("train.epochs")),
-        metrics={k: float(metrics[k]) for k in METRICS if is_number(metrics.get(k))},
-        label=_label(tags),
+        metrics=_figures(metrics),
         run_id=run.info.run_id,
         error=tags.get("frost.fate_detail") if fate == "error" else None,
+        fields=_capacity_params(params),
     )
 
 
@@ -139,7 +155,8 @@ def epoch_history(tracking_uri: str, rows: list[ReportRow], metric: str = "AP") 
 def storage_row(trial_dir: Path, record: dict[str, Any]) -> ReportRow | None:
     """A trial MLflow does not know, from its folder (trial.yaml and checkpoint history)."""
     from trainers.config import TrialSpec
-    from trainers.identity import capacity_key
+    from trainers.files import flatten
+    from trainers.identity import capacity_fields, capacity_key
 
     try:
         spec = TrialSpec.model_validate(yaml.safe_load((trial_dir / "trial.yaml").read_text()))
@@ -157,10 +174,9 @@ def storage_row(trial_dir: Path, record: dict[str, Any]) -> ReportRow | None:
         fate=record.get("fate"),
         epochs=_int(last.get("epoch")) or 0,
         planned_epochs=spec.train.epochs,
-        metrics={k: float(last[k]) for k in METRICS if is_number(last.get(k))},
-        label=f"detector={spec.detector} backbone={spec.backbone.name} fpn={spec.neck.fpn_channels} "
-        f"neck_blocks={spec.neck.extra_blocks} box_convs={spec.heads.box_convs} head_convs={spec.heads.convs}",
+        metrics=_figures(last),
         source="storage",
+        fields={k: str(v) for k, v in flatten(capacity_fields(spec)).items()},
     )
 
 
@@ -191,4 +207,5 @@ def sweep_rows(directory: Path, stop_decisions: dict[str, dict[str, Any]] | None
     for row in rows:
         if stop_decisions and row.trial_id in stop_decisions:
             row.stop = dict(stop_decisions[row.trial_id])
+    label_capacities(rows)
     return sorted(rows, key=lambda r: (r.capacity, r.freeze, r.seed, r.trial_id))

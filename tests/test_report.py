@@ -99,3 +99,21 @@ def test_stopped_trials_are_rows_of_their_own_never_averaged():
 def test_no_baseline_no_claim():
     report = build_report("s", [row("A", "frozen", 0, 0.5)])
     assert report.deltas == [] and "nothing to compare" in report.finding
+
+
+def test_labels_name_what_differs_between_capacities_and_minus_one_is_no_score():
+    from service.report_rows import _figures, label_capacities
+
+    rows = [row("A", "frozen", 0, 0.5), row("A", "finetune", 0, 0.4), row("B", "frozen", 0, 0.3)]
+    rows[0].fields = rows[1].fields = {"neck.fpn_channels": "64", "detector": "faster_rcnn"}
+    rows[2].fields = {"neck.fpn_channels": "128", "detector": "faster_rcnn"}
+    label_capacities(rows)
+    assert [r.label for r in rows] == [
+        "neck.fpn_channels=64",
+        "neck.fpn_channels=64",
+        "neck.fpn_channels=128",
+    ]
+    assert _figures({"AP": 0.2, "AP_f": -1.0, "step_time_s": 0.5, "loss": 3.0}) == {
+        "AP": 0.2,
+        "step_time_s": 0.5,
+    }
