@@ -14,24 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from service.findings import BASELINE, Comparison, Delta, Stat, compare, finding, stat_of
-from service.report_rows import METRICS, ReportRow, sweep_rows
+from service.report_rows import AP_METRICS, METRICS, ReportRow, sweep_rows
 from service.status import TRACKING_FILE
 from trainers.files import atomic_write_text, read_json_or
 
 log = logging.getLogger("frost")
 REPORT_FILE = "report.md"
-TABLE_METRICS = (
-    "AP",
-    "AP50",
-    "AP_r",
-    "AP_c",
-    "AP_f",
-    "trainable_share",
-    "peak_memory_mb",
-    "step_time_s",
-    "images_per_s",
-)
-DELTA_METRICS = ("AP", "AP50", "AP_r", "AP_c", "AP_f")
+DELTA_METRICS = AP_METRICS
 
 
 @dataclass

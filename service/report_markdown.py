@@ -9,6 +9,7 @@ from service.findings import BASELINE
 
 if TYPE_CHECKING:
     from service.report import Report
+    from service.report_rows import ReportRow
 
 HEADLINE = ("AP", "AP_r")
 
@@ -54,7 +55,7 @@ def headline(report: Report) -> list[str]:
 
 
 def detail(report: Report, capacity: str) -> list[str]:
-    from service.report import TABLE_METRICS
+    from service.report_rows import TABLE_METRICS
 
     modes = _modes(report)
     others = [m for m in modes if m != BASELINE]
@@ -73,6 +74,12 @@ def detail(report: Report, capacity: str) -> list[str]:
     return lines + [""]
 
 
+def _why(row: ReportRow) -> str:
+    if row.fate == "error":
+        return row.error or "error"
+    return f"{row.fate or 'running'}, epoch {row.epochs}"
+
+
 def apart(report: Report) -> list[str]:
     lines = []
     if report.stopped:
@@ -88,24 +95,12 @@ def apart(report: Report) -> list[str]:
                 f"| {r.trial_id} | `{r.capacity}` | {r.freeze} | {r.seed} | {r.epochs} of {r.planned_epochs} | {ap} | {r.stop or ''} |"
             )
         lines.append("")
-    if report.errored:
-        lines += (
-            ["## Errored", ""]
-            + [
-                f"- {r.trial_id} (`{r.capacity}` {r.freeze}, seed {r.seed}): {r.error}"
-                for r in report.errored
-            ]
-            + [""]
-        )
-    if report.unfinished:
-        lines += (
-            ["## Not finished", ""]
-            + [
-                f"- {r.trial_id} (`{r.capacity}` {r.freeze}, seed {r.seed}): {r.fate or 'running'}, epoch {r.epochs}"
-                for r in report.unfinished
-            ]
-            + [""]
-        )
+    listed = (("Errored", report.errored), ("Not finished", report.unfinished))
+    for title, trials in listed:
+        if trials:
+            lines += [f"## {title}", ""]
+            lines += [f"- {r.trial_id} (`{r.capacity}` {r.freeze}, seed {r.seed}): {_why(r)}" for r in trials]
+            lines.append("")
     return lines
 
 

@@ -22,22 +22,11 @@ from trainers.files import read_json_or
 
 log = logging.getLogger("frost")
 
-METRICS = (
-    "AP",
-    "AP50",
-    "AP_r",
-    "AP_c",
-    "AP_f",
-    "trainable_share",
-    "peak_memory_mb",
-    "train_memory_mb",
-    "step_time_s",
-    "images_per_s",
-    "head_params",
-    "body_params",
-)
 # COCO's -1: no class of that bucket in the val split (trainers/evaluate.py); not a score to average.
 AP_METRICS = ("AP", "AP50", "AP_r", "AP_c", "AP_f")
+# The report's table, side by side per freeze mode; METRICS adds what the JSON rows carry besides.
+TABLE_METRICS = (*AP_METRICS, "trainable_share", "peak_memory_mb", "step_time_s", "images_per_s")
+METRICS = (*TABLE_METRICS, "train_memory_mb", "head_params", "body_params")
 
 
 @dataclass
