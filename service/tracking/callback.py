@@ -133,6 +133,7 @@ class MlflowTrackingCallback(tune.Callback):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._tracker = None
+        self._tagged = set(state.get("_tagged", ()))  # absent in callbacks pickled by an older frost
 
     @property
     def tracker(self) -> SweepTracker:
