@@ -97,3 +97,14 @@ def test_repeats_without_a_searched_seed_are_refused():
     check_repeats(sweep(samples=3, search={"seed": {"grid": [0, 1, 2]}}))  # seeds searched: distinct
     check_repeats(sweep(samples=3, search={"optim.lr": {"loguniform": [0.001, 0.1]}}))  # drawn anew
     check_repeats(sweep(samples=1))
+
+
+def test_frost_validate_refuses_copied_samples(tmp_path, capsys):
+    from service.cli import main
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text("name: s\nsamples: 2\nsearch:\n  backbone.freeze: {grid: [frozen, finetune]}\n")
+    assert main(["validate", str(spec)]) == 2
+    assert "samples: 2 repeats of the same grid without a searched seed" in capsys.readouterr().err
+    spec.write_text("name: s\nsamples: 1\nsearch:\n  seed: {grid: [0, 1]}\n")
+    assert main(["validate", str(spec)]) == 0
