@@ -52,7 +52,8 @@ def ap_vs_share(report: Report, path: Path) -> Path | None:
             if means:
                 axis.plot(*zip(*means), color=_colour(freeze), marker="o", label=freeze)
         axis.set(xlabel="trainable share of parameters", ylabel=metric, title=f"{metric} vs trainable share")
-        axis.legend(fontsize=7)
+        if axis.get_legend_handles_labels()[0]:  # no legend, no matplotlib warning
+            axis.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -75,7 +76,8 @@ def ap_per_epoch(report: Report, history: dict[str, list[tuple]], path: Path) ->
         if row.stopped:
             axis.scatter([points[-1][0]], [points[-1][1]], marker="x", color="black", zorder=3)
     axis.set(xlabel="epoch", ylabel="AP", title="AP per epoch (x: stopped early)")
-    axis.legend(fontsize=7)
+    if axis.get_legend_handles_labels()[0]:  # no legend, no matplotlib warning
+        axis.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -108,7 +110,8 @@ def resources(report: Report, path: Path) -> Path | None:
             fontsize=7,
         )
         axis.set(xlabel="capacity (lightest first)", ylabel=metric, title=metric)
-        axis.legend(fontsize=7)
+        if axis.get_legend_handles_labels()[0]:  # no legend, no matplotlib warning
+            axis.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -54,7 +54,8 @@ def plot_curves(history: list[dict[str, Any]], path: Path, title: str = "") -> P
         if points:
             left.plot(*zip(*points), marker="o", label=name)
     left.set(xlabel="epoch", ylabel="AP", title="AP per epoch")
-    left.legend(fontsize=7)
+    if left.get_legend_handles_labels()[0]:  # no legend, no matplotlib warning
+        left.legend(fontsize=7)
     losses = [(h["epoch"], h["loss"]) for h in history if is_number(h.get("loss"))]
     if losses:
         right.plot(*zip(*losses), marker="o", color="black")
