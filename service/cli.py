@@ -91,14 +91,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     spec = load_sweep_spec(args.spec, args.set)
     check_repeats(spec)
-    summary = run_sweep(
-        spec,
-        root=args.root,
-        address=args.address,
-        force=args.force,
-        verbose=args.verbose,
-        report=not args.no_report,
-    )
+    report = not args.no_report
+    summary = run_sweep(spec, args.root, args.address, args.force, args.verbose, report)
     if args.json:
         print(json.dumps(summary.to_json()))
     return _sweep_exit_code(summary)
@@ -112,17 +106,9 @@ def _sweep_exit_code(summary: SweepSummary) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from service.project import find_sweep, project_root
-    from service.report import report_sweep
+    from service.report import report_command
 
-    directory = find_sweep(args.name, project_root(args.root))
-    report, path = report_sweep(directory)
-    if args.format == "json":
-        print(json.dumps(report.to_json()))
-    else:
-        print(report.finding)
-        print(path)
-    return 0
+    return report_command(args.name, args.root, args.format)
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:

@@ -193,3 +193,18 @@ def report_sweep(
     tracking = read_json_or(directory / TRACKING_FILE, {})
     uri = tracking.get("tracking_uri") if isinstance(tracking, dict) else None
     return report, write_report(directory, report, uri)
+
+
+def report_command(name: str, root: str | None, form: str) -> int:
+    """`frost report NAME`: md prints the finding then the path of report.md (last line); json one object."""
+    import json
+
+    from service.project import find_sweep, project_root
+
+    report, path = report_sweep(find_sweep(name, project_root(root)))
+    if form == "json":
+        print(json.dumps(report.to_json()))
+    else:
+        print(report.finding)
+        print(path)
+    return 0

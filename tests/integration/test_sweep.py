@@ -59,9 +59,7 @@ def test_the_console_shows_frost_lines_and_ray_output_goes_to_the_sweep_log(swee
 def test_the_embedded_runtime_used_a_token_of_the_project_folder_readable_by_its_owner_only(sweep):
     token = sweep["root"] / ".ray-auth-token"
     assert token.stat().st_mode & 0o777 == 0o600 and len(token.read_text()) == 64
-    assert "RAY_AUTH_TOKEN_PATH" not in os.environ or os.environ["RAY_AUTH_TOKEN_PATH"] != str(
-        token
-    )  # restored
+    assert "RAY_AUTH_TOKEN_PATH" not in os.environ or os.environ["RAY_AUTH_TOKEN_PATH"] != str(token)  # restored
 
 
 def test_asha_stops_the_weak_trials_early(sweep):
