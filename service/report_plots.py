@@ -21,7 +21,7 @@ def _colour(freeze: str) -> str:
     return FREEZE_COLOURS.get(freeze.split(":")[0], "#7f7f7f")
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -30,8 +30,15 @@ def _pyplot() -> Any:
     return plt
 
 
+def save_figure(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path)
+    pyplot().close(fig)
+    return path
+
+
 def ap_vs_share(report: Report, path: Path) -> Path | None:
-    plt = _pyplot()
+    plt = pyplot()
     if not report.groups:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.2), dpi=90)
@@ -54,14 +61,11 @@ def ap_vs_share(report: Report, path: Path) -> Path | None:
         axis.set(xlabel="trainable share of parameters", ylabel=metric, title=f"{metric} vs trainable share")
         if axis.get_legend_handles_labels()[0]:  # no legend, no matplotlib warning
             axis.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def ap_per_epoch(report: Report, history: dict[str, list[tuple]], path: Path) -> Path | None:
-    plt = _pyplot()
+    plt = pyplot()
     if not history:
         return None
     fig, axis = plt.subplots(figsize=(6, 3.2), dpi=90)
@@ -78,14 +82,11 @@ def ap_per_epoch(report: Report, history: dict[str, list[tuple]], path: Path) ->
     axis.set(xlabel="epoch", ylabel="AP", title="AP per epoch (x: stopped early)")
     if axis.get_legend_handles_labels()[0]:  # no legend, no matplotlib warning
         axis.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def resources(report: Report, path: Path) -> Path | None:
-    plt = _pyplot()
+    plt = pyplot()
     if not report.groups:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.2), dpi=90)
@@ -112,10 +113,7 @@ def resources(report: Report, path: Path) -> Path | None:
         axis.set(xlabel="capacity (lightest first)", ylabel=metric, title=metric)
         if axis.get_legend_handles_labels()[0]:  # no legend, no matplotlib warning
             axis.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_report(report: Report, history: dict[str, list[tuple]], out: Path) -> list[Path]:

@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from service.report_plots import pyplot, save_figure
 from service.results import is_number
 from service.status import Unreadable, trial_history
 from trainers.files import read_json_or
@@ -41,11 +42,7 @@ def last_eval_dir(trial_dir: Path) -> Path | None:
 
 def plot_curves(history: list[dict[str, Any]], path: Path, title: str = "") -> Path | None:
     """AP and the long-tail APs per epoch (left), training loss per epoch (right)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     if not history:
         return None
     fig, (left, right) = plt.subplots(1, 2, figsize=(7, 2.8), dpi=80)
@@ -61,10 +58,7 @@ def plot_curves(history: list[dict[str, Any]], path: Path, title: str = "") -> P
         right.plot(*zip(*losses), marker="o", color="black")
     right.set(xlabel="epoch", ylabel="loss", title="training loss")
     fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _val_split(trial_spec: dict[str, Any]) -> tuple[Path, Path] | None:
@@ -89,11 +83,7 @@ def _draw_boxes(axis: Any, boxes: list[tuple[list[float], str]], colour: str) ->
 
 def plot_predictions(trial_spec: dict[str, Any], detections: list[dict[str, Any]], path: Path) -> Path | None:
     """Ground truth (top row) and detections (bottom row) on the first PREDICTION_IMAGES val images."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     split = _val_split(trial_spec)
     if split is None:
         return None
@@ -121,10 +111,7 @@ def plot_predictions(trial_spec: dict[str, Any], detections: list[dict[str, Any]
             _draw_boxes(axis, boxes, colour)
             axis.set_title(f"{what} (image {info['id']})", fontsize=6)
             axis.axis("off")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def stage_trial_artifacts(trial_dir: Path, staging: Path, checkpoint_dir: Path | None = None) -> list[str]:
