@@ -72,6 +72,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_spec(spec: SweepSpec, allow_large: bool) -> None:
+    """What validation alone cannot say: the sweep's size, copies counted as seeds; then the warnings."""
+    from sweeps.model import check_repeats
+
+    spec.check_size(allow_large)
+    check_repeats(spec)
+    _print_warnings(spec)
+
+
 def _print_warnings(spec: SweepSpec) -> None:
     """Valid but likely unintended (one line each, on stderr; the exit code is unchanged)."""
     from sweeps.spec import spec_warnings
@@ -84,8 +93,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from sweeps.spec import load_sweep_spec
 
     spec = load_sweep_spec(args.spec, args.set)
-    spec.check_size(args.allow_large)
-    _print_warnings(spec)
+    _check_spec(spec, args.allow_large)
     print(f"{args.spec}: valid sweep '{spec.name}' ({spec.digest()})")
     return 0
 
@@ -102,9 +110,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from sweeps.spec import load_sweep_spec
 
     spec = load_sweep_spec(args.spec, args.set)
-    spec.check_size(args.allow_large)
-    _print_warnings(spec)
-    summary = run_sweep(spec, root=args.root, address=args.address, force=args.force, verbose=args.verbose)
+    _check_spec(spec, args.allow_large)
+    report = not args.no_report
+    summary = run_sweep(spec, args.root, args.address, args.force, args.verbose, report)
     if args.json:
         print(json.dumps(summary.to_json()))
     return _sweep_exit_code(summary)
@@ -115,6 +123,12 @@ def _sweep_exit_code(summary: SweepSummary) -> int:
     if summary.interrupted:
         return 130
     return 0 if summary.ok else 1
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from service.report import report_command
+
+    return report_command(args.name, args.root, args.format)
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
@@ -226,8 +240,17 @@ def _sweep_commands(sub: Any) -> None:
     driver_flags(run)
     force(run)
     allow_large(run)
+    flag(run, "--no-report", "skip the report at the end (frost report NAME)")
     overrides(run)
     run.set_defaults(func=_cmd_run)
+
+    report = sub.add_parser("report", help="frozen vs fine-tuned: table, plots, finding (report.md)")
+    report.add_argument("name")
+    report.add_argument("--root", help="project folder (default $FROST_HOME or ./frost-runs)")
+    report.add_argument(
+        "--format", choices=("md", "json"), default="md", help="last stdout line: path or JSON"
+    )
+    report.set_defaults(func=_cmd_report)
 
     resume = sub.add_parser("resume", help="resume an interrupted sweep (its saved spec) to the end")
     resume.add_argument("name")

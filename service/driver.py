@@ -57,8 +57,10 @@ def run_sweep(
     address: str | None = None,
     force: bool = False,
     verbose: bool = False,
+    report: bool = True,
 ) -> SweepSummary:
-    """Run (or resume) a sweep to the end; returns its summary (`frost run --json` prints its JSON)."""
+    """Run (or resume) a sweep to the end; returns its summary (`frost run --json` prints its JSON).
+    With `report`, the sweep's report (service/report.py) is written at the end."""
     configure_logging(verbose)
     check_cluster(address)  # before anything is prepared: an unreachable cluster costs seconds, not minutes
     home = project_root(root)
@@ -73,7 +75,23 @@ def run_sweep(
             print_summary(status, _browse(status.tracking_uri or default_tracking_uri(home), home))
             return status
         prepare_inputs(spec)
-        return _fit(spec, home, directory, address, verbose)
+        summary = _fit(spec, home, directory, address, verbose)
+    if report:
+        write_sweep_report(directory)
+    return summary
+
+
+def write_sweep_report(directory: Path) -> None:
+    """Best effort: a sweep that ran is not failed by its report (`frost report NAME` writes it again)."""
+    from service.report import report_sweep
+
+    try:
+        _, path = report_sweep(directory)
+        log.info("report: %s", path)
+    except Exception as exc:
+        log.warning(
+            "report: not written (%s: %s); run `frost report %s`", type(exc).__name__, exc, directory.name
+        )
 
 
 def _fit(spec: SweepSpec, home: Path, directory: Path, address: str | None, verbose: bool) -> SweepSummary:

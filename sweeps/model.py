@@ -212,3 +212,19 @@ def spec_warnings(spec: SweepSpec) -> list[str]:
                     "(docs/scheduling.md)"
                 )
     return warnings
+
+
+def check_repeats(spec: SweepSpec) -> None:
+    """Refuse `samples > 1` when the repeats would be copies: no searched `seed` and no random sampler.
+
+    Tune repeats the grid `samples` times with the same values, so without a searched seed each repeat is
+    the same trial, and counting copies as a seed spread would call noise-free what was never measured.
+    Refused rather than seeded behind the user's back: a searched `seed: {grid: [0, 1, 2]}` says it."""
+    if spec.samples <= 1 or "seed" in spec.search:
+        return
+    if all(isinstance(sampler, GridSampler) for sampler in spec.search.values()):
+        raise FrostError(
+            f"samples: {spec.samples} repeats of the same grid without a searched seed are identical "
+            f"trials; search the seed instead (search: seed: {{grid: {list(range(spec.samples))}}}, "
+            "samples: 1)"
+        )

@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from ray import tune
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
+from sweeps.model import check_repeats  # re-exported: param_space refuses copies too
 from sweeps.spec import (
     AshaSpec,
     ChoiceSampler,
@@ -39,6 +40,7 @@ from sweeps.spec import (
 )
 from trainers.config import TrialSpec, format_validation_error
 from trainers.errors import FrostError
+from trainers.identity import capacity_key
 
 # The trainer reports this every epoch (trainers/reporting.py): 1-based count of finished epochs.
 TIME_ATTR = "epoch"
@@ -63,6 +65,7 @@ def tune_domain(sampler: Any) -> Any:
 
 def param_space(spec: SweepSpec) -> dict[str, Any]:
     """Tune's param_space: {dotted path: domain}, flat."""
+    check_repeats(spec)
     return {path: tune_domain(sampler) for path, sampler in spec.search.items()}
 
 
@@ -206,6 +209,7 @@ def trial_tags(trial: TrialSpec) -> dict[str, str]:
         "data_source": trial.data.source,
         "seed": str(trial.seed),
         "trial_digest": trial.digest(),
+        "frost.capacity": capacity_key(trial),
     }
 
 

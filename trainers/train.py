@@ -39,6 +39,7 @@ from trainers.evaluate import category_buckets, evaluate_detections, train_image
 from trainers.features import FeatureCache, detector_parts, prepare_feature_cache
 from trainers.federated import max_detections_of, resolve_protocol
 from trainers.logs import log
+from trainers.measures import TrialMeasures
 from trainers.models import build_detector, count_parameters
 from trainers.reporting import JsonLinesReporter, Reporter
 
@@ -329,6 +330,9 @@ def run_trial(
     data = _Data.load(spec)
     learner = _Learner.build(spec, data, device)
     trainable, total = count_parameters(learner.model)
+    measures = TrialMeasures.of(
+        learner.model, device
+    )  # after data and model: the baseline of train_memory_mb
 
     history: list[dict[str, Any]] = []
     loaded = load_checkpoint(out_dir, resume_from, device)
@@ -358,7 +362,7 @@ def run_trial(
         except TrainingError as exc:
             record_failure(out_dir, epoch, str(exc))
             raise
-        metrics.update(peak_memory_mb=peak_memory_mb(device), trainable_params=trainable, total_params=total)
+        metrics.update(measures.epoch_metrics(peak_memory_mb(device)))
         metrics.update(cache_report.metrics())
         if epoch % spec.eval.every == 0 or epoch == spec.train.epochs:
             metrics.update(evaluate_epoch(spec, learner.model, data, epoch, device, cache, out_dir))

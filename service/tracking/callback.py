@@ -123,6 +123,7 @@ class MlflowTrackingCallback(tune.Callback):
         self.flush_timeout_s = flush_timeout_s
         self.max_backoff_s = max_backoff_s
         self._tracker: SweepTracker | None = None
+        self._tagged: set[str] = set()
 
     # ---- pickling: arguments only ----------------------------------------------------------------------
 
@@ -134,6 +135,7 @@ class MlflowTrackingCallback(tune.Callback):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._tracker = None
+        self._tagged = set(state.get("_tagged", ()))  # absent in callbacks pickled by an older frost
 
     @property
     def tracker(self) -> SweepTracker:
@@ -171,7 +173,8 @@ class MlflowTrackingCallback(tune.Callback):
         if step is None:
             return
         metrics = {k: v for k, v in result.items() if k not in _TUNE_RESULT_KEYS}
-        self.tracker.log_epoch(trial.trial_id, metrics, step=step)
+        if self.tracker.log_epoch(trial.trial_id, metrics, step=step) and trial.trial_id not in self._tagged:
+            self._tag_measures(trial.trial_id, metrics)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._ensure_started(trial)
@@ -190,11 +193,13 @@ class MlflowTrackingCallback(tune.Callback):
             fate, detail = "completed", f"ran {last} epochs"
         if self.log_final_checkpoint:
             self._log_checkpoint(trial)
+        self._log_trial_artifacts(trial)
         self._final_tags(trial)
         self.tracker.end_trial(trial.trial_id, fate, detail)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._ensure_started(trial)
+        self._log_trial_artifacts(trial)
         self._final_tags(trial)
         self.tracker.end_trial(trial.trial_id, "error", _trial_error_message(trial))
 
@@ -248,6 +253,36 @@ class MlflowTrackingCallback(tune.Callback):
         if callable(self.max_epochs):
             return int(self.max_epochs(config))
         return int(self.max_epochs)
+
+    def _tag_measures(self, trial_id: str, metrics: dict[str, Any]) -> None:
+        """Once per trial: the resolved device and the trainable share as tags (the report groups by them)."""
+        tags = {}
+        if isinstance(metrics.get("device"), str):
+            tags["frost.device"] = metrics["device"]
+        if isinstance(metrics.get("trainable_share"), (int, float)):
+            tags["frost.trainable_share"] = f"{float(metrics['trainable_share']):.4f}"
+        if tags:
+            self.tracker.set_tags(trial_id, tags)
+            self._tagged.add(trial_id)
+
+    def _log_trial_artifacts(self, trial: Any) -> None:
+        """per_class_ap.csv, trial.yaml, curves.png, predictions.png into the trial's run, through the outbox
+        (service/trial_artifacts.py). Never fails the sweep: a trial without them is still a trial."""
+        from service.trial_artifacts import stage_trial_artifacts
+
+        sweep_dir = self.state_path.parent
+        staging = sweep_dir / "mlflow-staging" / "trial-artifacts" / trial.trial_id
+        try:
+            checkpoint = getattr(trial, "checkpoint", None)
+            local = None
+            if checkpoint is not None and getattr(checkpoint.filesystem, "type_name", "local") == "local":
+                local = Path(checkpoint.path)
+            if stage_trial_artifacts(sweep_dir / "trials" / trial.trial_id, staging, local):
+                self.tracker.log_artifacts(trial.trial_id, staging)
+        except Exception as exc:  # drawing or copying must not stop the sweep's bookkeeping
+            log.warning(
+                "tracking: no artifacts for trial %s (%s: %s)", trial.trial_id, type(exc).__name__, exc
+            )
 
     def _log_checkpoint(self, trial: Any) -> None:
         checkpoint = getattr(trial, "checkpoint", None)

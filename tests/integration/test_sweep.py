@@ -140,7 +140,9 @@ def test_the_sweep_is_plotted_beside_it_and_on_its_parent_run(sweep, capsys):
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
     assert f"plot: {plot}" in sweep["stderr"]
     client = MlflowClient(summary["tracking_uri"])
-    assert [a.path for a in client.list_artifacts(summary["parent_run_id"])] == ["sweep.png", "sweep.yaml"]
+    report = ["ap_per_epoch.png", "ap_vs_share.png", "report.md", "resources.png"]  # docs/report.md
+    logged = [a.path for a in client.list_artifacts(summary["parent_run_id"])]
+    assert logged == [*report, "sweep.png", "sweep.yaml"]
     plot.unlink()
     assert main(["status", "tiny-asha", "--root", str(sweep["root"]), "--plot", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["plot"] == str(plot) and plot.exists()

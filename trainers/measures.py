@@ -1,0 +1,69 @@
+"""What a trial costs and how much of it trains: parameter split and the training's own memory.
+
+- `head_params`: trainable parameters outside the backbone body (neck, RPN, box head: what the freeze mode
+  never touches); `body_params`: all parameters of the backbone body; `trainable_share`: trainable / total,
+  the x-axis of Vasconcelos et al. (CVPR 2022).
+- `peak_memory_mb` (train.py) is the whole process's peak RSS on CPU, mostly the libraries; `train_memory_mb`
+  is that peak minus the RSS once the model and data are loaded: what training itself adds.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from trainers.models import count_parameters
+
+
+def current_rss_mb() -> float:
+    """The process's resident set now (Linux /proc; the peak where /proc is missing)."""
+    try:
+        with open("/proc/self/statm") as handle:
+            pages = int(handle.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@dataclass(frozen=True)
+class TrialMeasures:
+    trainable_params: int
+    total_params: int
+    head_params: int
+    body_params: int
+    loaded_rss_mb: float  # RSS once model and data are loaded: the baseline of train_memory_mb
+    device: str
+
+    @classmethod
+    def of(cls, model: nn.Module, device: torch.device) -> TrialMeasures:
+        trainable, total = count_parameters(model)
+        body = getattr(getattr(model, "backbone", None), "body", None)
+        body_params = list(body.parameters()) if isinstance(body, nn.Module) else []
+        body_trainable = sum(p.numel() for p in body_params if p.requires_grad)
+        return cls(
+            trainable_params=trainable,
+            total_params=total,
+            head_params=trainable - body_trainable,
+            body_params=sum(p.numel() for p in body_params),
+            loaded_rss_mb=current_rss_mb(),
+            device=device.type,
+        )
+
+    def epoch_metrics(self, peak_memory_mb: float) -> dict[str, float | int | str]:
+        """Per-epoch figures beside the trainer's own (device as a string: the tracker makes it a tag)."""
+        metrics: dict[str, float | int | str] = {
+            "trainable_params": self.trainable_params,
+            "total_params": self.total_params,
+            "head_params": self.head_params,
+            "body_params": self.body_params,
+            "trainable_share": self.trainable_params / self.total_params if self.total_params else 0.0,
+            "peak_memory_mb": peak_memory_mb,
+            "device": self.device,
+        }
+        if self.device == "cpu":
+            metrics["train_memory_mb"] = max(peak_memory_mb - self.loaded_rss_mb, 0.0)
+        return metrics
