@@ -15,6 +15,7 @@ from sweeps.model import SweepSpec
 from sweeps.samplers import SAMPLERS
 from trainers.config import apply_overrides, format_validation_error, parse_override, read_yaml
 from trainers.errors import FrostError
+from trainers.files import atomic_write_text
 
 
 def format_sweep_error(error: ValidationError) -> str:
@@ -70,7 +71,8 @@ def load_sweep_spec(path: str | Path, overrides: list[str] | None = None) -> Swe
 def dump_sweep_spec(spec: SweepSpec, path: str | Path) -> None:
     """Write the validated spec (defaults and derived values filled in) as YAML that load_sweep_spec
     reads back to an equal spec: what the driver keeps next to a sweep to detect a changed spec."""
-    Path(path).write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False, allow_unicode=True))
+    text = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+    atomic_write_text(Path(path), text)  # a torn spec file would make the sweep unrecognisable
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:

@@ -188,3 +188,14 @@ def test_frost_run_set_stratify_by_keeps_strata_in_the_sweeps_json_state(tmp_pat
         assert shown[trial_id]["describe"].startswith(
             f"stopped at rung 1 among {decisions[trial_id].stratum}: loss"
         )
+
+    # The stop is on each stopped trial's MLflow run too, with the scheduler's own cutoff.
+    from mlflow.tracking import MlflowClient
+
+    tracking = json.loads((sweep / "tracking.json").read_text())
+    client = MlflowClient(summary["tracking_uri"])
+    for trial_id, decision in decisions.items():
+        tags = client.get_run(tracking["trials"][trial_id]["run_id"]).data.tags
+        assert tags["frost.asha.stratum"] == decision.stratum and tags["frost.asha.rung"] == "1"
+        assert float(tags["frost.asha.cutoff"]) == decision.cutoff
+        assert tags["frost.fate"] == "stopped" and tags["frost.fate_detail"] == decision.describe()
