@@ -119,6 +119,10 @@ def library_logs_to(log_file: Path, verbose: bool) -> Iterator[None]:
     if verbose:
         yield
         return
+    # MLflow attaches its console handler when first imported: import it now, so that handler is the one
+    # replaced here rather than one added later, mid-sweep, by the tracker's thread.
+    import mlflow  # noqa: F401
+
     handler = logging.FileHandler(log_file)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     saved = {}

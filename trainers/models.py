@@ -194,18 +194,9 @@ def freeze_backbone(backbone: FrostBackbone, spec: BackboneSpec) -> None:
     backbone.train(backbone.training)
 
 
-def _check_returned_stages(stages: list[int]) -> None:
-    if not stages or any(s not in (1, 2, 3, 4) for s in stages) or stages != sorted(set(stages)):
-        raise FrostError(
-            f"backbone.returned_stages: expected increasing stage numbers from 1..4 (e.g. [2, 3, 4]), "
-            f"got {stages}"
-        )
-
-
 def build_backbone(spec: TrialSpec, state: dict[str, Tensor] | None = None) -> FrostBackbone:
     """Trunk (with `state` loaded if given) + neck for `spec.detector`, frozen per `spec.backbone.freeze`."""
     b = spec.backbone
-    _check_returned_stages(b.returned_stages)
     layout = layout_of(b.name)
     classifier = build_classifier(b.name, b.norm)
     if state is not None:

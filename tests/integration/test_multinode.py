@@ -261,7 +261,9 @@ def test_a_worker_node_lost_mid_trial_is_retried_on_the_head_from_its_newest_che
 
     # ... resuming from the newest checkpoint it had written: every epoch the lost attempt finished is in that
     # checkpoint, so only the epoch in flight at the kill can have run twice.
-    resumed = re.findall(rf"resuming \S+/trials/{victim} from epoch-(\d+)", err_path.read_text())
+    # (each trial's own lines are in its trial.log: worker output stays off the driver's console)
+    trial_log = (sweep_dir / "trials" / victim / "trial.log").read_text()
+    resumed = re.findall(rf"resuming \S+/trials/{victim} from epoch-(\d+)", trial_log)
     assert [int(epoch) for epoch in resumed] == [at_kill], driver_log()
     assert max(r["epoch"] for r in records if r["pid"] == attempts[0]) <= at_kill < EPOCHS
     for trial in summary["trials"]:
