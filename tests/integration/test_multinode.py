@@ -245,6 +245,11 @@ def test_a_worker_node_lost_mid_trial_is_retried_on_the_head_from_its_newest_che
     assert at_kill, "no trial was seen training on the worker node mid-trial:\n" + driver_log()
     assert driver.returncode == 0, f"the driver exited {driver.returncode}:\n{driver_log()}"
     summary = json.loads(out_path.read_text().strip().splitlines()[-1])
+    # A driver in a process of its own (MLflow and Ray imported fresh): its console is still frost's lines only.
+    foreign = [
+        ln for ln in err_path.read_text().splitlines() if ln.strip() and not ln.startswith(("frost: ", "  "))
+    ]
+    assert not foreign, foreign[:10]
 
     # Every trial ran all its epochs and completed; the sweep is ok.
     assert summary["ok"] is True and len(summary["trials"]) == 2
