@@ -11,6 +11,7 @@ import uuid
 
 import pytest
 import torch
+from reporters import Interrupt, StopAfter
 
 from trainers.checkpoints import CHECKPOINT_FILE, checkpoint_dirs, read_attempts, record_attempt
 from trainers.errors import TrainingError
@@ -23,20 +24,8 @@ def _epochs(spec, n):
     )
 
 
-class StopAfter:
-    def __init__(self, epoch):
-        self.epoch = epoch
-
-    def report(self, epoch, metrics, checkpoint_dir):
-        if epoch == self.epoch:
-            raise KeyboardInterrupt
-
-    def resume(self, history, checkpoint_dir):
-        pass
-
-
 def _two_epochs_then_stop(spec, out):
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupt):
         run_trial(spec, out, reporter=StopAfter(2))
     assert [p.name for p in checkpoint_dirs(out)] == ["epoch-0001", "epoch-0002"]
 

@@ -2,6 +2,7 @@ import json
 
 import pytest
 import torch
+from reporters import Interrupt, StopAfter
 
 from service.cli import main
 from trainers.config import load_trial_spec
@@ -44,24 +45,6 @@ def test_finetune_trains_every_parameter(tmp_path, capsys, cli_train):
     assert cli_train(tmp_path / "t", "train.epochs=1", "backbone.freeze=finetune") == 0
     final = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert final["trainable_params"] == final["total_params"]
-
-
-class Interrupt(Exception):
-    pass
-
-
-class StopAfter:
-    """A reporter that dies right after epoch `epoch` was checkpointed: a killed trial."""
-
-    def __init__(self, epoch):
-        self.epoch = epoch
-
-    def report(self, epoch, metrics, checkpoint_dir):
-        if epoch == self.epoch:
-            raise Interrupt
-
-    def resume(self, history, checkpoint_dir):
-        pass
 
 
 def test_interrupted_then_resumed_run_ends_like_an_uninterrupted_one(tmp_path, tiny_trial):

@@ -194,22 +194,12 @@ class MlflowTrackingCallback(tune.Callback):
         if self.log_final_checkpoint:
             self._log_checkpoint(trial)
         self._log_trial_artifacts(trial)
-        self._final_tags(trial)
         self.tracker.end_trial(trial.trial_id, fate, detail)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._ensure_started(trial)
         self._log_trial_artifacts(trial)
-        self._final_tags(trial)
         self.tracker.end_trial(trial.trial_id, "error", _trial_error_message(trial))
-
-    def _final_tags(self, trial: Any) -> None:
-        """Tags a person filters runs by, from the trial's last report (whether the feature cache served)."""
-        result = trial.last_result or {}
-        if "cache_used" in result:
-            self.tracker.set_tags(
-                trial.trial_id, {"frost.cache_used": str(bool(result["cache_used"])).lower()}
-            )
 
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
         """Nothing by default: checkpoints stay in Tune's storage; see `log_final_checkpoint`."""
@@ -228,7 +218,7 @@ class MlflowTrackingCallback(tune.Callback):
                 "tracking: %d MLflow operations still pending; they are kept in %s and sent when the sweep "
                 "is next opened",
                 tracker.pending(),
-                tracker.outbox_path,
+                tracker.outbox.path,
             )
         self._tracker = None
 
@@ -255,12 +245,15 @@ class MlflowTrackingCallback(tune.Callback):
         return int(self.max_epochs)
 
     def _tag_measures(self, trial_id: str, metrics: dict[str, Any]) -> None:
-        """Once per trial: the resolved device and the trainable share as tags (the report groups by them)."""
+        """Once per trial: the resolved device, the trainable share (the report groups by them) and whether the
+        feature cache served, as tags."""
         tags = {}
         if isinstance(metrics.get("device"), str):
             tags["frost.device"] = metrics["device"]
         if isinstance(metrics.get("trainable_share"), (int, float)):
             tags["frost.trainable_share"] = f"{float(metrics['trainable_share']):.4f}"
+        if "cache_used" in metrics:
+            tags["frost.cache_used"] = str(bool(metrics["cache_used"])).lower()
         if tags:
             self.tracker.set_tags(trial_id, tags)
             self._tagged.add(trial_id)

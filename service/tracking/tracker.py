@@ -56,7 +56,6 @@ class SweepTracker:
         store's `<root>/mlartifacts` for SQLite, the server's choice otherwise)."""
         self.state_path = Path(state_path).resolve()
         self.outbox = Outbox(self.state_path.with_name(f"{self.state_path.stem}.outbox.jsonl"))
-        self.outbox_path = self.outbox.path
         self.tracking_uri = tracking_uri
         self.max_backoff_s = max_backoff_s
         self._cond = threading.Condition()

@@ -72,6 +72,20 @@ def tiny_asha_sweep(name: str) -> dict[str, Any]:
     )
 
 
+def run_cli(args: list[str]) -> tuple[int, str, str]:
+    """`frost ARGS` in this process: (exit code, stdout, stderr)."""
+    import io
+
+    from service.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "stdout", out)
+        patch.setattr(sys, "stderr", err)
+        code = main(args)
+    return code, out.getvalue(), err.getvalue()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -8,18 +8,15 @@ without shared storage) is still reported, from MLflow alone.
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 import statistics
-import sys
 
 import pytest
 import yaml
-from helpers import tiny_sweep
+from helpers import run_cli, tiny_sweep
 from mlflow.tracking import MlflowClient
 
-from service.cli import main
 from service.report_rows import TABLE_METRICS
 
 pytestmark = pytest.mark.integration
@@ -38,15 +35,6 @@ SPEC["search"] = {
     "backbone.freeze": {"grid": ["frozen", "finetune"]},
     "neck.fpn_channels": {"grid": [16, 32]},
 }
-
-
-def run_cli(args: list[str]) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(sys, "stdout", out)
-        patch.setattr(sys, "stderr", err)
-        code = main(args)
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import os
 
 import pytest
 import yaml
-from helpers import tiny_asha_sweep
+from helpers import run_cli, tiny_asha_sweep
 from mlflow.tracking import MlflowClient
 
 from service.cli import main
@@ -23,15 +23,8 @@ def sweep(tmp_path_factory):
     spec = base / "tiny.yaml"
     spec.write_text(yaml.safe_dump(TINY_SWEEP))
     root = base / "root"
-    with pytest.MonkeyPatch.context() as patch:
-        import io
-        import sys
-
-        out, err = io.StringIO(), io.StringIO()
-        patch.setattr(sys, "stdout", out)
-        patch.setattr(sys, "stderr", err)
-        code = main(["run", str(spec), "--root", str(root), "--json"])
-    return {"code": code, "stdout": out.getvalue(), "stderr": err.getvalue(), "root": root, "spec": spec}
+    code, out, err = run_cli(["run", str(spec), "--root", str(root), "--json"])
+    return {"code": code, "stdout": out, "stderr": err, "root": root, "spec": spec}
 
 
 def test_run_prints_the_json_summary_last(sweep):
@@ -59,7 +52,9 @@ def test_the_console_shows_frost_lines_and_ray_output_goes_to_the_sweep_log(swee
 def test_the_embedded_runtime_used_a_token_of_the_project_folder_readable_by_its_owner_only(sweep):
     token = sweep["root"] / ".ray-auth-token"
     assert token.stat().st_mode & 0o777 == 0o600 and len(token.read_text()) == 64
-    assert "RAY_AUTH_TOKEN_PATH" not in os.environ or os.environ["RAY_AUTH_TOKEN_PATH"] != str(token)  # restored
+    assert "RAY_AUTH_TOKEN_PATH" not in os.environ or os.environ["RAY_AUTH_TOKEN_PATH"] != str(
+        token
+    )  # restored
 
 
 def test_asha_stops_the_weak_trials_early(sweep):
@@ -90,6 +85,8 @@ def test_mlflow_holds_one_parent_and_one_child_per_trial(sweep):
         assert run.data.params["optim.lr"] == str(trial["config"]["optim.lr"])
         assert run.data.params["backbone.freeze"] == "frozen"
         assert "lr=" in run.info.run_name
+        # Frozen trials read the feature cache: the tag says so, and agrees with the metric.
+        assert run.data.tags["frost.cache_used"] == "true" and run.data.metrics["cache_used"] == 1.0
 
 
 def test_same_name_with_another_spec_is_refused_with_a_diff(sweep, tmp_path, capsys):
