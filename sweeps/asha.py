@@ -163,9 +163,15 @@ class PersistentASHA(AsyncHyperBandScheduler):
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         self._ensure_loaded()
-        if trial.trial_id in self._decisions:
+        decided = self._decisions.get(trial.trial_id)
+        if decided is not None:
             # Stopped before a driver restart that Tune's lagging experiment snapshot missed: Tune resumed it
-            # from its checkpoint, and it stays stopped with the decision first made (docs/scheduling.md).
+            # from its checkpoint, and it stays stopped with the decision first made (docs/scheduling.md). The
+            # epochs it replays up to that decision go through untouched (already in the rungs), so it ends
+            # with exactly the epochs it had when it was stopped.
+            epoch = result.get(self._time_attr)
+            if isinstance(epoch, (int, float)) and epoch < decided.epoch:
+                return TrialScheduler.CONTINUE
             return TrialScheduler.STOP
         self._place(trial)
         action = TrialScheduler.CONTINUE

@@ -126,6 +126,21 @@ def test_a_stopped_trial_that_reports_again_stays_stopped_with_its_first_decisio
     ]
 
 
+def test_a_stopped_trial_replaying_from_scratch_runs_up_to_its_decision_then_stops():
+    # Resumed with no checkpoint Tune knows of, the trial replays its epochs from 1: those before the stop go
+    # through (they are already in the rungs), the one it was stopped at ends it again.
+    scheduler = asha()
+    a, b = trial("a"), trial("b")
+    for epoch, ap in ((1, 0.5), (2, 0.9)):
+        report(scheduler, a, epoch, ap)
+    assert report(scheduler, b, 1, 0.6) == CONTINUE
+    assert report(scheduler, b, 2, 0.1) == STOP
+    rungs = scheduler.state()["strata"]
+    assert report(scheduler, b, 1, 0.6) == CONTINUE
+    assert report(scheduler, b, 2, 0.1) == STOP
+    assert scheduler.state()["strata"] == rungs and scheduler.decisions()["b"].epoch == 2
+
+
 def test_a_trial_reaching_max_epochs_is_not_a_stop_on_record():
     scheduler = asha(max_t=2)
     a, b = trial("a"), trial("b")
