@@ -173,7 +173,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if args.plot:
         from service.plots import plot_sweep
 
-        plot = plot_sweep(directory, status.metric, status.mode, list(spec.search))
+        plot = plot_sweep(directory, status.metric, status.mode, spec.searched_paths)
         status.plot = str(plot) if plot else None
         print(f"plot: {plot}" if plot else "plot: no trial has reported an epoch yet", file=sys.stderr)
     if args.json:

@@ -34,11 +34,12 @@ from sweeps.space import (
     ranking,
     resources,
     run_config_kwargs,
+    searched_config,
     storage_path,
     trial_spec_for,
     tune_config_kwargs,
 )
-from sweeps.spec import SweepSpec
+from sweeps.spec import SweepSpec, key_paths
 from trainers.files import read_json_or
 
 log = logging.getLogger("frost")
@@ -104,7 +105,7 @@ def _fit(spec: SweepSpec, home: Path, directory: Path, address: str | None, verb
     ):
         results = build_tuner(spec, home, callback, verbose).fit()
     summary = summarize(spec, results, directory, tracking_uri)
-    plot = plot_sweep(directory, summary.metric, summary.mode, list(spec.search))
+    plot = plot_sweep(directory, summary.metric, summary.mode, spec.searched_paths)
     if plot is not None:
         summary.plot = str(plot)
         attach_to_parent(tracking_uri, summary.parent_run_id, plot)
@@ -169,11 +170,11 @@ def prepare_inputs(spec: SweepSpec) -> None:
 def representative_configs(spec: SweepSpec) -> list[dict[str, Any]]:
     """Configs covering every grid/choice value of data/backbone paths (the inputs trials share)."""
     configs: list[dict[str, Any]] = [{}]
-    for path, sampler in spec.search.items():
-        if not path.startswith(("data.", "backbone.name", "backbone.weights")):
+    for key, sampler in spec.search.items():
+        if not any(p.startswith(("data.", "backbone.name", "backbone.weights")) for p in key_paths(key)):
             continue
         values = sampler.values() if hasattr(sampler, "values") else []
-        configs = [{**c, path: v} for c in configs for v in values] or configs
+        configs = [{**c, key: v} for c in configs for v in values] or configs
     return configs
 
 
@@ -242,7 +243,7 @@ def summarize(spec: SweepSpec, results: tune.ResultGrid, directory: Path, tracki
                 epochs=int(metrics.get("epoch", 0)),
                 mlflow_run_id=runs.get(trial_id, {}).get("run_id"),
                 best=best_value(values, mode),
-                config={k: v for k, v in (result.config or {}).items() if k in spec.search},
+                config=searched_config(spec, result.config or {}),
                 error=str(result.error).splitlines()[0] if result.error else None,
             )
         )

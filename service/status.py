@@ -66,7 +66,7 @@ def _row(trial_id: str, run: dict[str, Any], trial_dir: Path, spec: SweepSpec) -
         state=state,
         fate=run.get("fate"),
         mlflow_run_id=run.get("run_id"),
-        config=searched_values(trial_dir, list(spec.search)),
+        config=searched_values(trial_dir, spec.searched_paths),
     )
     try:
         history = trial_history(trial_dir)

@@ -80,4 +80,8 @@ def trial_epochs(spec: SweepSpec, config: dict[str, Any]) -> int:
 def trial_identity(spec: SweepSpec, config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str], str]:
     """MLflow params, tags and run name of a trial, from its Tune config."""
     trial = trial_spec_for(spec, config)
-    return flatten(trial.model_dump(mode="json")), trial_tags(trial), trial_run_name(trial, list(spec.search))
+    return (
+        flatten(trial.model_dump(mode="json")),
+        trial_tags(trial),
+        trial_run_name(trial, spec.searched_paths),
+    )

@@ -11,7 +11,7 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from sweeps.samplers import GridSampler, Sampler, _Strict
-from sweeps.search import Problem, _possible_values, parse_search
+from sweeps.search import Problem, _possible_values, parse_search, searched_paths
 from sweeps.sections import (
     AshaSpec,
     FifoSpec,
@@ -65,7 +65,8 @@ class SweepSpec(_Strict):
     search: dict[str, Sampler] = Field(
         default_factory=dict,
         description="dotted trial field path → sampler: {grid|choice: [..]}, {uniform|loguniform: [lo, hi]}, "
-        "{randint: [lo, hi]} (hi exclusive), {quniform: [lo, hi, q]}",
+        "{randint: [lo, hi]} (hi exclusive), {quniform: [lo, hi, q]}; comma-joined paths are set together "
+        "by a grid|choice of lists (`neck.fpn_channels,heads.box_convs: {grid: [[32, 1], [128, 4]]}`)",
     )
     samples: int = Field(
         1, ge=1, description="Tune num_samples: repeats of the grid / draws of random samplers"
@@ -162,7 +163,8 @@ class SweepSpec(_Strict):
 
     @property
     def searched_paths(self) -> list[str]:
-        return list(self.search)
+        """Every trial path the search sets (a joint key's paths one by one)."""
+        return searched_paths(self.search)
 
     @property
     def experiment_name(self) -> str:

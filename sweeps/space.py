@@ -36,7 +36,9 @@ from sweeps.spec import (
     SweepSpec,
     UniformSampler,
     get_path,
-    set_path,
+    is_joint,
+    key_paths,
+    set_searched,
 )
 from trainers.config import TrialSpec, format_validation_error
 from trainers.errors import FrostError
@@ -78,9 +80,10 @@ def trial_spec_for(spec: SweepSpec, config: dict[str, Any]) -> TrialSpec:
     """The base trial with this trial's searched values applied, re-validated. Keys of `config` that are
     not search paths (Tune may add its own) are ignored."""
     data = spec.trial.model_dump(mode="json")
-    for path in spec.search:
-        if path in config:
-            set_path(data, path.split("."), _plain(config[path]))
+    for key in spec.search:
+        if key in config:
+            value = config[key]
+            set_searched(data, key, [_plain(v) for v in value] if is_joint(key) else _plain(value))
     try:
         return TrialSpec.model_validate(data)
     except ValidationError as exc:
@@ -89,6 +92,17 @@ def trial_spec_for(spec: SweepSpec, config: dict[str, Any]) -> TrialSpec:
             f"sweep '{spec.name}': trial config {config!r} is invalid:\n"
             f"{format_validation_error(exc, prefix='trial.')}"
         ) from None
+
+
+def searched_config(spec: SweepSpec, config: dict[str, Any]) -> dict[str, Any]:
+    """A trial's searched values by trial path (a joint key's list split into its paths)."""
+    values: dict[str, Any] = {}
+    for key in spec.search:
+        if key in config:
+            value = config[key]
+            items = zip(key_paths(key), value, strict=True) if is_joint(key) else [(key, value)]
+            values.update((path, _plain(item)) for path, item in items)
+    return values
 
 
 def build_scheduler(spec: SweepSpec, state_path: str | Path | None = None) -> TrialScheduler:

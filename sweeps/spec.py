@@ -47,7 +47,17 @@ from sweeps.samplers import (
     Sampler,
     UniformSampler,
 )
-from sweeps.search import Problem, get_path, parse_search, set_path, trial_field_paths
+from sweeps.search import (
+    Problem,
+    get_path,
+    is_joint,
+    key_paths,
+    parse_search,
+    searched_paths,
+    set_path,
+    set_searched,
+    trial_field_paths,
+)
 from sweeps.sections import (
     METRIC_DIRECTIONS,
     RUNG_METRICS,
@@ -83,9 +93,13 @@ __all__ = [
     "dump_sweep_spec",
     "format_sweep_error",
     "get_path",
+    "is_joint",
+    "key_paths",
     "load_sweep_spec",
     "parse_search",
+    "searched_paths",
     "set_path",
+    "set_searched",
     "spec_diff",
     "spec_warnings",
     "trial_field_paths",

@@ -18,6 +18,7 @@ from sweeps.space import (
     ranking,
     resources,
     run_config_kwargs,
+    searched_config,
     storage_path,
     trial_run_name,
     trial_spec_for,
@@ -111,6 +112,43 @@ def test_trial_spec_for_applies_searched_values_only():
     assert spec.trial.neck.fpn_channels == 64  # the spec itself is untouched
     with pytest.raises(FrostError, match="trial.heads.box_convs"):
         trial_spec_for(spec, {"heads.box_convs": 99})
+
+
+def test_a_joint_key_steps_several_paths_together():
+    """Capacity from light to heavy: three knobs set together, three trials (not their 27 combinations)."""
+    key = "neck.fpn_channels, neck.extra_blocks, heads.box_convs"
+    spec = sweep(
+        search={
+            "backbone.freeze": {"grid": ["frozen", "finetune"]},
+            key: {"grid": [[32, 0, 0], [128, 2, 2]]},
+        },
+        scheduler={"type": "asha", "stratify_by": key, "grace_period": 1, "max_epochs": 2},
+        trial={"train": {"epochs": 2}},
+    )
+    assert spec.trial_count() == 4
+    assert spec.searched_paths == [
+        "backbone.freeze",
+        "neck.fpn_channels",
+        "neck.extra_blocks",
+        "heads.box_convs",
+    ]
+    assert param_space(spec)[key] == tune.grid_search([[32, 0, 0], [128, 2, 2]])
+    trial = trial_spec_for(spec, {"backbone.freeze": "frozen", key: [np.int64(128), 2, 2]})
+    assert (trial.neck.fpn_channels, trial.neck.extra_blocks, trial.heads.box_convs) == (128, 2, 2)
+    assert type(trial.neck.fpn_channels) is int
+    name = trial_run_name(trial, spec.searched_paths)
+    assert name == "frozen · fpn=128 · neck_blocks=2 · box_convs=2"
+    light = trial_spec_for(spec, {"backbone.freeze": "finetune", key: [32, 0, 0]})
+    assert trial_tags(light)["frost.capacity"] != trial_tags(trial)["frost.capacity"]
+    assert (
+        trial_tags(light)["frost.capacity"]
+        == trial_tags(trial_spec_for(spec, {"backbone.freeze": "frozen", key: [32, 0, 0]}))["frost.capacity"]
+    )
+    assert searched_config(spec, {key: [32, 0, 0], "other": 1}) == {
+        "neck.fpn_channels": 32,
+        "neck.extra_blocks": 0,
+        "heads.box_convs": 0,
+    }
 
 
 def test_tags_and_run_names():

@@ -209,6 +209,27 @@ BAD_SPECS = {
         "storage: http:// is not a storage Ray Tune can write to",
     ),
     "search not a mapping": (GOOD + "search: [optim.lr]\n", "search: Input should be a valid dictionary"),
+    "joint key with a range sampler": (
+        GOOD + "search: {'neck.fpn_channels,heads.box_convs': {randint: [1, 4]}}\n",
+        "search.neck.fpn_channels,heads.box_convs: a joint key takes grid or choice",
+    ),
+    "joint value of the wrong length": (
+        GOOD + "search: {'neck.fpn_channels,heads.box_convs': {grid: [[32, 1], [64]]}}\n",
+        "search.neck.fpn_channels,heads.box_convs: grid value [64] is invalid: a joint key takes a list of 2",
+    ),
+    "joint value invalid for its path": (
+        GOOD + "search: {'neck.fpn_channels,heads.box_convs': {grid: [[32, 1], [64, 99]]}}\n",
+        "grid value [64, 99] is invalid: heads.box_convs: Input should be less than or equal to 8",
+    ),
+    "joint key with an unknown path": (
+        GOOD + "search: {'neck.fpn_channels,heads.box_conv': {grid: [[32, 1]]}}\n",
+        "search.neck.fpn_channels,heads.box_conv: heads.box_conv: no such field in the trial spec",
+    ),
+    "path searched twice": (
+        GOOD
+        + "search: {neck.fpn_channels: {grid: [32]}, 'neck.fpn_channels,heads.box_convs': {grid: [[32, 1]]}}\n",
+        "neck.fpn_channels is already searched by 'neck.fpn_channels'",
+    ),
     "not a mapping": ("- name: ok\n", "expected a mapping at the top level, got list"),
     "yaml syntax error": ("name: [ok\n", "not valid YAML"),
 }
