@@ -94,8 +94,30 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
     spec = load_sweep_spec(args.spec, args.set)
     _check_spec(spec, args.allow_large)
+    if args.address:
+        _print_cluster_fit(spec, args.address, args.root)
     print(f"{args.spec}: valid sweep '{spec.name}' ({spec.digest()})")
     return 0
+
+
+def _print_cluster_fit(spec: SweepSpec, address: str, root: str | None) -> None:
+    """One trial must fit the cluster at `address` (exit 2 otherwise); how many run at once."""
+    from service.project import project_root
+    from service.runtime import check_cluster, cluster_nodes, ray_session
+    from sweeps.space import describe_trial_needs, trials_that_fit
+
+    check_cluster(address)
+    with ray_session(address, project_root(root)):
+        nodes = cluster_nodes()
+    fits = trials_that_fit(nodes, spec)
+    needs = describe_trial_needs(spec)
+    if fits == 0:
+        raise FrostError(
+            f"resources: one trial needs {needs}; no trial fits the {len(nodes)} node(s) at {address}"
+        )
+    limit = spec.max_concurrent_trials
+    at_once = min(fits, limit) if limit else fits
+    print(f"cluster {address}: {len(nodes)} node(s); a trial needs {needs}; {at_once} trial(s) at once")
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
@@ -228,6 +250,8 @@ def _trial_commands(sub: Any) -> None:
 def _sweep_commands(sub: Any) -> None:
     validate = sub.add_parser("validate", help="validate a sweep spec")
     validate.add_argument("spec")
+    validate.add_argument("--address", help="also check that a trial fits this Ray cluster (GCS HOST:PORT)")
+    validate.add_argument("--root", help=ROOT_HELP + "; its Ray token is used for --address")
     allow_large(validate)
     overrides(validate)
     validate.set_defaults(func=_cmd_validate)
@@ -286,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(getattr(args, "verbose", False))
-    if args.func in (_cmd_run, _cmd_resume):
+    if args.func in (_cmd_run, _cmd_resume, _cmd_validate):
         from service.loopback import keep_ray_on_loopback
 
         keep_ray_on_loopback(args.address)

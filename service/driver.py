@@ -23,7 +23,13 @@ from service.live import LiveView
 from service.plots import plot_sweep
 from service.project import SPEC_FILE, check_private, check_same_spec, project_root, sweep_lock
 from service.results import FATE_STATE, SweepSummary, TrialRow, best_value
-from service.runtime import check_cluster, library_logs_to, ray_session, sigterm_stops_gracefully
+from service.runtime import (
+    check_cluster,
+    check_trials_fit,
+    library_logs_to,
+    ray_session,
+    sigterm_stops_gracefully,
+)
 from service.status import TRACKING_FILE, sweep_status
 from service.tracking.callback import MlflowTrackingCallback
 from service.tracking.uris import default_tracking_uri, embedded_artifact_root, mlflow_ui_command
@@ -103,6 +109,13 @@ def _fit(spec: SweepSpec, home: Path, directory: Path, address: str | None, verb
         ray_session(address, home, verbose),
         sigterm_stops_gracefully(),
     ):
+        fits = check_trials_fit(spec, address)
+        if spec.resources.workers_per_trial > 1:
+            log.info(
+                "trials of %d data-parallel workers (Ray Train): %d at once on this cluster",
+                spec.resources.workers_per_trial,
+                fits,
+            )
         results = build_tuner(spec, home, callback, verbose).fit()
     summary = summarize(spec, results, directory, tracking_uri)
     plot = plot_sweep(directory, summary.metric, summary.mode, spec.searched_paths)

@@ -18,6 +18,9 @@ from typing import Any
 
 import ray
 
+from sweeps.spec import SweepSpec
+from trainers.errors import FrostError
+
 log = logging.getLogger("frost")
 
 
@@ -32,6 +35,35 @@ def check_cluster(address: str | None, timeout: float = 10.0) -> None:
     if auth_token():
         warn_token_in_clear(address)
     check_reachable(address, timeout)
+
+
+def cluster_nodes() -> list[dict[str, float]]:
+    """The resource totals of every live node of the connected cluster."""
+    return [dict(node["Resources"]) for node in ray.nodes() if node.get("Alive")]
+
+
+def check_trials_fit(spec: SweepSpec, address: str | None) -> int:
+    """How many trials the connected cluster holds at once. None: refused in one line, since Tune (or Ray
+    Train's placement group) would wait forever. An attached cluster may autoscale: only a warning there."""
+    from sweeps.space import describe_trial_needs, trials_that_fit
+
+    nodes = cluster_nodes()
+    fits = trials_that_fit(nodes, spec)
+    if fits == 0:
+        have = "; ".join(_node_text(node) for node in nodes) or "no live node"
+        message = (
+            f"resources: one trial needs {describe_trial_needs(spec)} and no trial fits the cluster "
+            f"({have}); lower resources.cpus/gpus/workers_per_trial or add nodes"
+        )
+        if address is None:
+            raise FrostError(message)
+        log.warning("%s (waiting: the cluster may scale up)", message)
+    return fits
+
+
+def _node_text(node: dict[str, float]) -> str:
+    shown = [f"{name} {node[name]:g}" for name in ("CPU", "GPU") if node.get(name)]
+    return "node: " + (", ".join(shown) or "no CPU")
 
 
 TOKEN_FILE = ".ray-auth-token"

@@ -48,7 +48,7 @@ class _Tee:
 
 
 @contextlib.contextmanager
-def _trial_log(out_dir: Path) -> Iterator[None]:
+def trial_log(out_dir: Path) -> Iterator[None]:
     out_dir.mkdir(parents=True, exist_ok=True)
     with (out_dir / "trial.log").open("a") as fh, contextlib.redirect_stderr(_Tee(sys.stderr, fh)):
         yield
@@ -62,8 +62,13 @@ def frost_trainable(config: dict[str, Any], sweep: dict[str, Any], trials_dir: s
     spec = SweepSpec.model_validate(sweep)
     trial = trial_spec_for(spec, config)
     out_dir = Path(trials_dir) / tune.get_context().get_trial_id()
+    if spec.resources.workers_per_trial > 1:
+        from service.data_parallel import run_data_parallel_trial
+
+        run_data_parallel_trial(spec, trial, out_dir, home)
+        return
     checkpoint = tune.get_checkpoint()
-    with _trial_log(out_dir):
+    with trial_log(out_dir):
         if checkpoint is None:
             # Tune saw no checkpoint of this trial: whatever the trial directory holds was never reported.
             run_trial(trial, out_dir, TuneReporter(reported_up_to=0))

@@ -133,18 +133,39 @@ class SweepSpec(_Strict):
     @field_validator("resources")
     @classmethod
     def _resources(cls, resources: ResourcesSpec, info: ValidationInfo) -> ResourcesSpec:
-        trial, search = info.data.get("trial"), _known_search(info, ("train.device",))
-        if trial is not None and search is not None and resources.gpus == 0:
-            if "cuda" in _possible_values(trial, search, "train.device"):
-                raise _problems_error(
-                    [
-                        (
-                            ("gpus",),
-                            "trial.train.device 'cuda' needs gpus > 0: Ray hides GPUs from trials that "
-                            "do not reserve one (or use device 'auto')",
-                        )
-                    ]
+        trial, search = info.data.get("trial"), _known_search(info, ("train.device", "train.batch_size"))
+        if trial is None or search is None:
+            return resources
+        problems: list[Problem] = []
+        if resources.gpus == 0 and "cuda" in _possible_values(trial, search, "train.device"):
+            problems.append(
+                (
+                    ("gpus",),
+                    "trial.train.device 'cuda' needs gpus > 0: Ray hides GPUs from trials that "
+                    "do not reserve one (or use device 'auto')",
                 )
+            )
+        workers = resources.workers_per_trial
+        if workers > 1 and 0 < resources.gpus < 1:
+            # NCCL refuses two ranks of one process group on one GPU: a data-parallel worker owns its GPUs.
+            problems.append(
+                (
+                    ("gpus",),
+                    f"{resources.gpus:g} per worker cannot be shared by data-parallel workers "
+                    f"(workers_per_trial: {workers}); give each worker whole GPUs",
+                )
+            )
+        smallest_batch = min(int(b) for b in _possible_values(trial, search, "train.batch_size"))
+        if smallest_batch < workers:
+            problems.append(
+                (
+                    ("workers_per_trial",),
+                    f"{workers} workers cannot share a global batch of {smallest_batch} "
+                    "(trial.train.batch_size is the global batch: at least one image per worker)",
+                )
+            )
+        if problems:
+            raise _problems_error(problems)
         return resources
 
     @field_validator("storage")

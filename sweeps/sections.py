@@ -94,11 +94,23 @@ def _check_resource_amount(value: float) -> float:
 
 
 class ResourcesSpec(_Strict):
-    """What each trial reserves on the cluster (tune.with_resources)."""
+    """What each trial reserves on the cluster: one process (tune.with_resources), or with
+    `workers_per_trial` > 1 that many data-parallel workers (Ray Train), each reserving `cpus` / `gpus`."""
 
-    cpus: float = Field(1, gt=0)
-    gpus: float = Field(0, ge=0, description="fractions (e.g. 0.5) let trials share a GPU")
+    cpus: float = Field(1, gt=0, description="per trial; per worker when workers_per_trial > 1")
+    gpus: float = Field(
+        0, ge=0, description="fractions (e.g. 0.5) let one-worker trials share a GPU; per worker as cpus"
+    )
     memory_gb: float | None = Field(None, gt=0, description="reserved memory; None reserves none")
+    workers_per_trial: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description="data-parallel workers of one trial (DDP on Ray Train; train.batch_size is global)",
+    )
+    placement: Literal["pack", "spread"] = Field(
+        "pack", description="workers of a trial: packed on few nodes, or spread one per node where possible"
+    )
 
     _whole_above_one = field_validator("cpus", "gpus")(_check_resource_amount)
 

@@ -17,6 +17,7 @@ and result columns read like the spec (`config/backbone.freeze`).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -152,11 +153,49 @@ def ranking(spec: SweepSpec) -> tuple[str, str]:
 
 
 def resources(spec: SweepSpec) -> dict[str, float]:
-    """Per-trial reservation for tune.with_resources: {"cpu", "gpu"[, "memory" in bytes]}."""
-    reserved: dict[str, float] = {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
+    """Per-trial reservation for tune.with_resources: {"cpu", "gpu"[, "memory" in bytes]}.
+
+    A data-parallel trial (workers_per_trial > 1) reserves nothing for itself: its Tune actor only
+    coordinates, and Ray Train reserves the workers (`worker_resources`) as one placement group, all or
+    none. Reserving them for the coordinator too would hold every worker's share twice."""
+    if spec.resources.workers_per_trial > 1:
+        return {"cpu": 0, "gpu": 0}
+    return _lowercase(worker_resources(spec))
+
+
+def worker_resources(spec: SweepSpec) -> dict[str, float]:
+    """What one worker of a trial reserves, in Ray's resource names ("CPU", "GPU", "memory" in bytes)."""
+    reserved: dict[str, float] = {"CPU": spec.resources.cpus, "GPU": spec.resources.gpus}
     if spec.resources.memory_gb is not None:
         reserved["memory"] = int(spec.resources.memory_gb * 1024**3)
     return reserved
+
+
+def _lowercase(reserved: dict[str, float]) -> dict[str, float]:
+    return {name if name == "memory" else name.lower(): amount for name, amount in reserved.items()}
+
+
+def trials_that_fit(nodes: list[dict[str, float]], spec: SweepSpec) -> int:
+    """How many trials of `spec` the nodes (each a dict of Ray resource totals) hold at once: every worker
+    is a bundle that fits whole on one node; a trial needs `workers_per_trial` bundles, anywhere."""
+    need = {name: amount for name, amount in worker_resources(spec).items() if amount > 0}
+    bundles = 0
+    for node in nodes:
+        bundles += min(
+            (math.floor(node.get(name, 0.0) / amount + 1e-9) for name, amount in need.items()), default=0
+        )
+    return bundles // spec.resources.workers_per_trial
+
+
+def describe_trial_needs(spec: SweepSpec) -> str:
+    """One trial's reservation, for messages: "2 workers x {CPU: 1}" or "{CPU: 1, GPU: 0.5}"."""
+    shown = ", ".join(
+        f"{name}: {amount / 1024**3:g} GiB" if name == "memory" else f"{name}: {amount:g}"
+        for name, amount in worker_resources(spec).items()
+        if amount > 0
+    )
+    workers = spec.resources.workers_per_trial
+    return f"{workers} workers x {{{shown}}}" if workers > 1 else f"{{{shown}}}"
 
 
 def storage_path(spec: SweepSpec, default: str | Path) -> str:

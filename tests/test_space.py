@@ -14,6 +14,7 @@ from ray.tune.search.sample import Categorical, Float, Integer
 
 from sweeps.space import (
     build_scheduler,
+    describe_trial_needs,
     param_space,
     ranking,
     resources,
@@ -23,7 +24,9 @@ from sweeps.space import (
     trial_run_name,
     trial_spec_for,
     trial_tags,
+    trials_that_fit,
     tune_config_kwargs,
+    worker_resources,
 )
 from sweeps.spec import SweepSpec, load_sweep_spec
 from trainers.config import TrialSpec
@@ -84,6 +87,21 @@ def test_tune_config_and_resources():
     assert resources(smoke) == {"cpu": 1, "gpu": 0}
     coco = load_sweep_spec(CATALOG / "coco.yaml")
     assert resources(coco) == {"cpu": 5, "gpu": 0.5, "memory": 24 * 1024**3}
+
+
+def test_data_parallel_trials_reserve_their_workers_not_the_coordinator():
+    spec = sweep(resources={"workers_per_trial": 4, "cpus": 2, "gpus": 1}, trial={"train": {"batch_size": 8}})
+    assert resources(spec) == {"cpu": 0, "gpu": 0}  # Ray Train reserves the workers
+    assert worker_resources(spec) == {"CPU": 2, "GPU": 1}
+    assert describe_trial_needs(spec) == "4 workers x {CPU: 2, GPU: 1}"
+    gpu_node = {"CPU": 8.0, "GPU": 2.0, "memory": 64e9}
+    assert trials_that_fit([gpu_node], spec) == 0  # 2 workers per node, 4 needed
+    assert trials_that_fit([gpu_node, gpu_node], spec) == 1
+    assert trials_that_fit([gpu_node] * 5, spec) == 2  # 10 worker slots, whole trials only
+    assert trials_that_fit([{"CPU": 64.0}], spec) == 0  # no GPU anywhere
+    one = sweep(resources={"cpus": 1, "gpus": 0.5})
+    assert trials_that_fit([gpu_node], one) == 4  # fractions share a GPU
+    assert describe_trial_needs(one) == "{CPU: 1, GPU: 0.5}"
 
 
 def test_storage_and_run_config(tmp_path, monkeypatch):

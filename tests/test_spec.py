@@ -209,6 +209,14 @@ BAD_SPECS = {
         "storage: http:// is not a storage Ray Tune can write to",
     ),
     "search not a mapping": (GOOD + "search: [optim.lr]\n", "search: Input should be a valid dictionary"),
+    "workers above the global batch": (
+        GOOD + "resources: {workers_per_trial: 4}\ntrial: {train: {batch_size: 2}}\n",
+        "resources.workers_per_trial: 4 workers cannot share a global batch of 2",
+    ),
+    "a GPU fraction per data-parallel worker": (
+        GOOD + "resources: {workers_per_trial: 2, gpus: 0.5}\n",
+        "resources.gpus: 0.5 per worker cannot be shared by data-parallel workers",
+    ),
     "joint key with a range sampler": (
         GOOD + "search: {'neck.fpn_channels,heads.box_convs': {randint: [1, 4]}}\n",
         "search.neck.fpn_channels,heads.box_convs: a joint key takes grid or choice",

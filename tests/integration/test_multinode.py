@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import free_port, tiny_sweep, tracked_once
+from helpers import free_port, run_cli, tiny_sweep, tracked_once
 
 pytestmark = pytest.mark.integration
 
@@ -279,3 +279,50 @@ def test_a_worker_node_lost_mid_trial_is_retried_on_the_head_from_its_newest_che
     # MLflow: one parent, exactly one run per trial (the retry reopened the victim's), every epoch once.
     runs = tracked_once(summary, "multinode")
     assert all(run.info.status == "FINISHED" for run in runs.values())
+
+    # The sweep's report, with the victim's folder gone (a node without shared storage keeps its files):
+    # the trial that trained on the worker node is reported from MLflow alone, with MLflow's figures.
+    shutil.rmtree(sweep_dir / "trials" / victim)
+    code, out, err = run_cli(["report", "multinode", "--root", str(root), "--format", "json"])
+    assert code == 0, err[-3000:]
+    rows = json.loads(out.strip().splitlines()[-1])["rows"]
+    assert len(rows) == 2 and all(row["n"] == 1 and not row["stopped"] for row in rows), rows
+    run = runs[victim]
+    row = next(r for r in rows if r["capacity"] == run.data.tags["frost.capacity"])
+    assert (row["freeze"], row["AP"]) == (run.data.tags["freeze"], run.data.metrics["AP"])
+
+
+def test_two_worker_trials_spread_their_workers_over_both_nodes(cluster, tmp_path):
+    """Two trials of 2 data-parallel workers (Ray Train, gloo) on head + worker node of 1 CPU each: a trial's
+    workers can only fit one per node, the trials run one after the other, and each ends with one MLflow run."""
+    sweep = tiny_sweep("ddp-nodes", lrs=[0.05, 0.04], epochs=2, concurrent=2, warmup_steps=0)
+    sweep["resources"] = {"workers_per_trial": 2, "cpus": 1, "placement": "spread"}
+    spec = tmp_path / "ddp-nodes.yaml"
+    spec.write_text(yaml.safe_dump(sweep))
+    root = tmp_path / "root"
+    env = {**cluster.env, "FROST_HOME": str(root)}
+    validate = subprocess.run(
+        [sys.executable, "-m", "service.cli", "validate", str(spec), "--address", cluster.address],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert validate.returncode == 0, validate.stderr[-3000:]
+    assert "2 node(s); a trial needs 2 workers x {CPU: 1}; 1 trial(s) at once" in validate.stdout
+    command = [sys.executable, "-m", "service.cli", "run", str(spec), "--address", cluster.address]
+    done = subprocess.run(
+        [*command, "--root", str(root), "--json"], env=env, capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert [t["epochs"] for t in summary["trials"]] == [2, 2], summary["trials"]
+    for trial in summary["trials"]:
+        ranks = sorted(
+            (root / "sweeps" / "ddp-nodes" / "trials" / trial["trial_id"] / "workers").glob("*.json")
+        )
+        placed = [json.loads(path.read_text()) for path in ranks]
+        assert [p["rank"] for p in placed] == [0, 1] and {p["world_size"] for p in placed} == {2}
+        assert len({p["node_id"] for p in placed}) == 2, placed  # one worker on each node
+    runs = tracked_once(summary, "ddp-nodes")
+    assert all(run.data.metrics["workers"] == 2 for run in runs.values())

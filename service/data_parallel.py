@@ -1,0 +1,113 @@
+"""A trial of several data-parallel workers: Ray Train's TorchTrainer, started from the trial's Tune actor.
+
+    Tune actor (reserves nothing)  --TorchTrainer.fit-->  Train controller  -->  N workers (DDP, gloo/nccl)
+          ^                                                     |
+          +---------- TuneReportCallback: rank 0's metrics -----+
+
+The trainer (trainers/train.py) runs unchanged on every worker inside the process group Ray Train set up:
+it shards batches, averages gradients, gathers evaluation and lets rank 0 write the epoch checkpoint into
+the trial's stable directory `<sweep>/trials/<trial_id>` (docs/distributed.md). Resuming is the trainer's
+own: a restarted worker group (a worker died: Ray Train's FailureConfig) or a restarted trial (the driver
+died: Tuner.restore) starts `run_trial` again on that directory and goes on from its newest checkpoint, so
+the trial directory must be on storage every worker's node sees (shared file system; on one machine it is).
+Ray Train's own checkpoints are not used: Tune would not see them anyway (its callback forwards metrics only).
+ASHA's STOP ends the Tune actor, which owns the controller, which owns the workers: all stop together.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any
+
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from sweeps.space import worker_resources
+from sweeps.spec import SweepSpec
+from trainers.config import TrialSpec
+from trainers.files import atomic_write_json
+from trainers.reporting import ReplayingReporter
+
+
+class TrainReporter(ReplayingReporter):
+    """The trainer's reporting seam on a Ray Train worker: every rank reports every epoch (Ray Train's
+    report is collective); rank 0's metrics reach Tune through the callback below."""
+
+    def report(self, epoch: int, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        import ray.train
+
+        ray.train.report(dict(metrics))
+
+
+class EpochsOnceCallback(TuneReportCallback):
+    """Ray Tune's bridge from Ray Train, forwarding each epoch once: after a worker died, the restarted
+    worker group resumes from the checkpoint and re-reports the epochs before it (the trainer replays its
+    history on resume); Tune, the scheduler and the MLflow tracker already have them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._forwarded = 0
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+        epoch = int(metrics[0].get("epoch", 0)) if metrics else 0
+        if epoch <= self._forwarded:
+            return
+        self._forwarded = epoch
+        super().after_report(run_context, metrics, checkpoint)
+
+
+def run_data_parallel_trial(spec: SweepSpec, trial: TrialSpec, out_dir: Path, home: str) -> None:
+    """Train `trial` on `spec.resources.workers_per_trial` workers; returns when it is done (or raises)."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    res = spec.resources
+    use_gpu = res.gpus > 0
+    trainer = TorchTrainer(
+        worker_loop,
+        train_loop_config={"trial": trial.model_dump(mode="json"), "out_dir": str(out_dir), "home": home},
+        scaling_config=ScalingConfig(
+            num_workers=res.workers_per_trial,
+            use_gpu=use_gpu,
+            resources_per_worker=worker_resources(spec),
+            placement_strategy=res.placement.upper(),
+        ),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        run_config=RunConfig(
+            name="train",
+            storage_path=str(out_dir),
+            callbacks=[EpochsOnceCallback()],
+            # A dead worker restarts the group (resuming from the newest checkpoint); past this many the
+            # trial fails and Tune's own max_failures decides.
+            failure_config=FailureConfig(max_failures=max(spec.max_failures, 0)),
+        ),
+    )
+    trainer.fit()
+
+
+def worker_loop(config: dict[str, Any]) -> None:
+    """One data-parallel worker (Ray Train has set up torch.distributed): the trainer, as in any trial."""
+    import ray
+    import ray.train
+
+    from service.trainable import trial_log
+    from trainers.train import run_trial
+
+    os.environ["FROST_HOME"] = config["home"]  # same data, weights and feature cache on every worker
+    trial = TrialSpec.model_validate(config["trial"])
+    out_dir = Path(config["out_dir"])
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    # Where each rank runs (node, pid): for `frost status`-style questions and the placement tests.
+    atomic_write_json(
+        out_dir / "workers" / f"rank-{rank}.json",
+        {
+            "rank": rank,
+            "world_size": context.get_world_size(),
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "pid": os.getpid(),
+        },
+    )
+    with trial_log(out_dir) if rank == 0 else contextlib.nullcontext():
+        run_trial(trial, out_dir, TrainReporter(reported_up_to=0))
