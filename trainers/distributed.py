@@ -149,5 +149,7 @@ def data_parallel(model: nn.Module, device: torch.device, world: World) -> nn.Mo
     """
     if not world.distributed:
         return model
-    device_ids = [device.index if device.index is not None else torch.cuda.current_device()]
-    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids if device.type == "cuda" else None)
+    if device.type != "cuda":
+        return nn.parallel.DistributedDataParallel(model)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return nn.parallel.DistributedDataParallel(model, device_ids=[index])
