@@ -125,10 +125,14 @@ def stop_workers(procs: list[subprocess.Popen]) -> None:
 
 
 def worker_error(rank: int, code: int) -> Exception:
-    how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+    """One line naming the rank: killed (start again to resume) or exited with its own error (printed above)."""
+    if code < 0:
+        return TrainingError(
+            f"worker rank {rank} was killed by {signal.Signals(-code).name}; the other workers were stopped "
+            "(run the same command again to resume from the newest checkpoint)"
+        )
     message = (
-        f"worker rank {rank} {how}; the other workers were stopped "
-        "(run the same command again to resume from the newest checkpoint)"
+        f"worker rank {rank} exited with code {code} (its error is above); the other workers were stopped"
     )
     return FrostError(message) if code == 2 else TrainingError(message)
 
