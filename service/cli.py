@@ -66,8 +66,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise FrostError(f"--out: {out} is a file; a trial writes a folder")
+    if args.workers < 1:
+        raise FrostError(f"--workers: must be at least 1, got {args.workers}")
     spec = load_trial_spec(args.trial, args.set)
-    metrics = run_trial(spec, out)
+    if args.workers == 1:
+        metrics = run_trial(spec, out)
+    else:
+        from service.train_workers import launch_workers
+
+        metrics = launch_workers(spec, args.trial, args.set, out, args.workers)
     print(json.dumps(metrics))
     return 0
 
@@ -243,6 +250,13 @@ def _trial_commands(sub: Any) -> None:
     train = sub.add_parser("train", help="train and evaluate one trial")
     train.add_argument("trial", nargs="?", help="TrialSpec YAML (default: the CPU-sized default trial)")
     train.add_argument("--out", required=True, help="trial directory (resumes from its newest checkpoint)")
+    train.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="data-parallel worker processes on this machine (train.batch_size is the global batch; "
+        "docs/distributed.md)",
+    )
     overrides(train)
     train.set_defaults(func=_cmd_train)
 

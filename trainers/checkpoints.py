@@ -116,9 +116,7 @@ def load_checkpoint(
     it) is skipped, saying so, for the one before it."""
     for path in checkpoint_candidates(out_dir, resume_from):
         try:
-            state = torch.load(path / CHECKPOINT_FILE, map_location=device, weights_only=True)
-            if not isinstance(state, dict) or not {"epoch", "model", "history"} <= state.keys():
-                raise ValueError("not a frost checkpoint")
+            state = read_checkpoint(path, device)
         except Exception as exc:  # any failure to read it means: not a checkpoint to resume from
             log.warning(
                 "checkpoint %s is unreadable (%s): trying the one before it", path, type(exc).__name__
@@ -126,6 +124,14 @@ def load_checkpoint(
             continue
         return path, state
     return None
+
+
+def read_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
+    """One checkpoint's state (`weights_only=True`); raises when it cannot be read or is no frost checkpoint."""
+    state = torch.load(path / CHECKPOINT_FILE, map_location=device, weights_only=True)
+    if not isinstance(state, dict) or not {"epoch", "model", "history"} <= state.keys():
+        raise ValueError("not a frost checkpoint")
+    return state
 
 
 def record_attempt(out_dir: Path, resumed_after: int) -> None:

@@ -205,7 +205,12 @@ class OptimSpec(_Section):
 
 class TrainSpec(_Section):
     epochs: int = Field(6, ge=1)
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(
+        8,
+        ge=1,
+        description="the global batch: images per optimisation step over all data-parallel workers, each "
+        "training on its share (docs/distributed.md); the learning rate is not scaled with the workers",
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = Field(True, description="mixed precision, used on CUDA only")
     workers: int = Field(0, ge=0, description="DataLoader worker processes")

@@ -5,6 +5,9 @@
   the x-axis of Vasconcelos et al. (CVPR 2022).
 - `peak_memory_mb` (train.py) is the whole process's peak RSS on CPU, mostly the libraries; `train_memory_mb`
   is that peak minus the RSS once the model and data are loaded: what training itself adds.
+- A data-parallel trial's figures are the trial's, not one worker's (`across_workers`): throughput and memory
+  summed over the workers, step and epoch times the slowest worker's, plus `peak_memory_mb_worker_max` and
+  `workers`.
 """
 
 from __future__ import annotations
@@ -12,11 +15,16 @@ from __future__ import annotations
 import os
 import resource
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
+from trainers.distributed import World
 from trainers.models import count_parameters
+
+SUMMED = ("images_per_s", "peak_memory_mb", "train_memory_mb", "cache_build_s", "cache_bytes")
+SLOWEST = ("step_time_s", "epoch_time_s")
 
 
 def current_rss_mb() -> float:
@@ -67,3 +75,14 @@ class TrialMeasures:
         if self.device == "cpu":
             metrics["train_memory_mb"] = max(peak_memory_mb - self.loaded_rss_mb, 0.0)
         return metrics
+
+
+def across_workers(metrics: dict[str, Any], world: World) -> dict[str, Any]:
+    """One rank's epoch figures made the trial's (the same dict on every rank); for one worker the figures
+    are unchanged, plus `peak_memory_mb_worker_max` (= peak_memory_mb) and `workers` (1)."""
+    everyone = world.gather({key: metrics[key] for key in (*SUMMED, *SLOWEST) if key in metrics})
+    combined: dict[str, Any] = {key: sum(m[key] for m in everyone) for key in SUMMED if key in metrics}
+    combined.update({key: max(m[key] for m in everyone) for key in SLOWEST if key in metrics})
+    combined["peak_memory_mb_worker_max"] = max(m["peak_memory_mb"] for m in everyone)
+    combined["workers"] = world.size
+    return {**metrics, **combined}

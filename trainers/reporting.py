@@ -4,6 +4,10 @@ The loop calls `reporter.report(epoch, metrics, checkpoint_dir)` once per epoch,
 checkpoint is on disk, and `reporter.resume(history, checkpoint_dir)` once when a trial restarts from a
 checkpoint. It knows nothing else of its listener: what a listener does on resume (rewrite its file, replay
 epochs it never received) is the listener's policy, as detectron2's hooks keep policy out of its loop.
+
+A data-parallel trial (trainers/distributed.py) calls both on every rank, with the same metrics and history
+on every rank: `report` gets the real `checkpoint_dir` on rank 0 only and None on the other ranks (rank 0
+alone writes checkpoints); `resume` gets the checkpoint every rank resumed from, on every rank.
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ TRAIN_METRICS = (
     "images_per_s",
     "step_time_s",
     "epoch_time_s",
-    "peak_memory_mb",
+    "peak_memory_mb",  # summed over a data-parallel trial's workers, as are images_per_s and train_memory_mb
+    "peak_memory_mb_worker_max",  # the largest worker's peak_memory_mb (= peak_memory_mb for one worker)
+    "workers",  # the trial's data-parallel workers (1 for one process); step and epoch times are the slowest's
     "trainable_params",
     "total_params",
     "cache_used",  # 1 when the frozen prefix's features came from the feature cache (trainers/features.py)
@@ -36,11 +42,12 @@ REPORTED_METRICS = TRAIN_METRICS + EVAL_METRICS
 
 class Reporter(Protocol):
     def report(self, epoch: int, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
-        """`checkpoint_dir` is None only when an epoch is reported again after a resume."""
+        """`checkpoint_dir` is None when an epoch is reported again after a resume, and on every rank but 0 of
+        a data-parallel trial (the same `metrics` on every rank)."""
 
     def resume(self, history: list[dict[str, Any]], checkpoint_dir: Path) -> None:
         """The trial restarts after `history[-1]["epoch"]`, from `checkpoint_dir`; `history` is every epoch's
-        metrics so far, as the checkpoint holds them."""
+        metrics so far, as the checkpoint holds them (on every rank of a data-parallel trial)."""
 
 
 class ReplayingReporter:
@@ -74,3 +81,13 @@ class JsonLinesReporter:
     def resume(self, history: list[dict[str, Any]], checkpoint_dir: Path) -> None:
         # The file equals the checkpoint's history again: no epoch listed twice after a resume.
         self.path.write_text("".join(json.dumps(record) + "\n" for record in history))
+
+
+class NullReporter:
+    """The ranks but 0 of a data-parallel trial run standalone: rank 0's reporter writes for the trial."""
+
+    def report(self, epoch: int, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        pass
+
+    def resume(self, history: list[dict[str, Any]], checkpoint_dir: Path) -> None:
+        pass
