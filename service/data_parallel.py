@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -55,18 +56,53 @@ class EpochsOnceCallback(TuneReportCallback):
             return
         self._forwarded = epoch
         super().after_report(run_context, metrics, checkpoint)
+        self._wait_until_taken()
+
+    def _wait_until_taken(self) -> None:
+        """Hold the workers until Tune's trial session has taken this epoch, which it does once the driver
+        let the trial go on after the epoch before (a one-process trial's `tune.report` blocks the same
+        way). Without this the workers ran a whole epoch ahead of Tune, and a trial ASHA stopped at epoch k
+        had already checkpointed k+1. If Tune stops the trial now, its actor (and this queue) is gone and
+        the controller with its workers follows within seconds: at most a partial epoch, never reported."""
+        queue = self._training_actor_item_queue
+        while True:
+            try:
+                if queue.empty():
+                    return
+            except Exception:  # the queue died with the trial's actor: the trial is being stopped
+                return
+            time.sleep(0.05)
 
 
 def run_data_parallel_trial(spec: SweepSpec, trial: TrialSpec, out_dir: Path, home: str) -> None:
-    """Train `trial` on `spec.resources.workers_per_trial` workers; returns when it is done (or raises)."""
+    """Train `trial` on `spec.resources.workers_per_trial` workers; returns when it is done (or raises).
+
+    The TorchTrainer runs in a zero-CPU task of its own whose environment names this cluster (RAY_ADDRESS),
+    inherited by Ray Train's controller and its placement-group cleaner: when ASHA (or a stop) ends the
+    trial, Tune kills this actor and with it the controller, and the cleaner, looking the controller up
+    through Ray's state API, must reach THIS cluster to see it gone and free the workers' reservation.
+    Without the address it looks for "the" local cluster, fails where several run (or picks a stale one),
+    and the reservation is never freed: the next data-parallel trial waits for it forever."""
+    import ray
+
+    callback = EpochsOnceCallback()  # made here: it binds to this trial's Tune session
+    address = ray.get_runtime_context().gcs_address
+    fit = ray.remote(num_cpus=0)(_fit).options(runtime_env={"env_vars": {"RAY_ADDRESS": address}})
+    ray.get(
+        fit.remote(spec.model_dump(mode="json"), trial.model_dump(mode="json"), str(out_dir), home, callback)
+    )
+
+
+def _fit(sweep: dict[str, Any], trial: dict[str, Any], out_dir: str, home: str, callback: Any) -> None:
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    spec = SweepSpec.model_validate(sweep)
     res = spec.resources
     use_gpu = res.gpus > 0
     trainer = TorchTrainer(
         worker_loop,
-        train_loop_config={"trial": trial.model_dump(mode="json"), "out_dir": str(out_dir), "home": home},
+        train_loop_config={"trial": trial, "out_dir": out_dir, "home": home},
         scaling_config=ScalingConfig(
             num_workers=res.workers_per_trial,
             use_gpu=use_gpu,
@@ -76,8 +112,8 @@ def run_data_parallel_trial(spec: SweepSpec, trial: TrialSpec, out_dir: Path, ho
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         run_config=RunConfig(
             name="train",
-            storage_path=str(out_dir),
-            callbacks=[EpochsOnceCallback()],
+            storage_path=out_dir,
+            callbacks=[callback],
             # A dead worker restarts the group (resuming from the newest checkpoint); past this many the
             # trial fails and Tune's own max_failures decides.
             failure_config=FailureConfig(max_failures=max(spec.max_failures, 0)),

@@ -106,7 +106,7 @@ def _fit(spec: SweepSpec, home: Path, directory: Path, address: str | None, verb
     callback = tracking_callback(spec, directory, tracking_uri)
     with (
         library_logs_to(directory / "driver.log", verbose),
-        ray_session(address, home, verbose),
+        ray_session(address, home, verbose, state_api=spec.resources.workers_per_trial > 1),
         sigterm_stops_gracefully(),
     ):
         fits = check_trials_fit(spec, address)

@@ -11,6 +11,7 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +36,12 @@ def check_cluster(address: str | None, timeout: float = 10.0) -> None:
     if auth_token():
         warn_token_in_clear(address)
     check_reachable(address, timeout)
+
+
+def _free_loopback_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def cluster_nodes() -> list[dict[str, float]]:
@@ -96,12 +103,16 @@ def _reload_ray_auth() -> None:
 
 
 @contextlib.contextmanager
-def ray_session(address: str | None, root: Path, verbose: bool = False) -> Iterator[None]:
+def ray_session(
+    address: str | None, root: Path, verbose: bool = False, state_api: bool = False
+) -> Iterator[None]:
     """Connect to a cluster, or start the embedded runtime (token auth on, the token in the project folder),
     and shut down what this process started. A process that already has Ray keeps it.
 
     Workers' output reaches this console only with `verbose` (it stays in Ray's session logs, and each
-    trial's own lines in its `trial.log`)."""
+    trial's own lines in its `trial.log`). `state_api`: the embedded runtime also runs Ray's dashboard (on
+    127.0.0.1, a free port), whose state API Ray Train needs to free a stopped trial's workers
+    (service/data_parallel.py); off otherwise, as it costs start-up time and memory."""
     if ray.is_initialized():
         yield
         return
@@ -122,7 +133,9 @@ def ray_session(address: str | None, root: Path, verbose: bool = False) -> Itera
         # `ray start` last recorded in /tmp/ray/ray_current_cluster, even a dead one, and hang (docs/stack.md).
         ray.init(
             address="local",
-            include_dashboard=False,
+            include_dashboard=state_api,
+            dashboard_host="127.0.0.1",
+            dashboard_port=_free_loopback_port() if state_api else None,
             runtime_env={"env_vars": env},
             _node_ip_address="127.0.0.1",
             log_to_driver=verbose,

@@ -157,9 +157,10 @@ def resources(spec: SweepSpec) -> dict[str, float]:
 
     A data-parallel trial (workers_per_trial > 1) reserves nothing for itself: its Tune actor only
     coordinates, and Ray Train reserves the workers (`worker_resources`) as one placement group, all or
-    none. Reserving them for the coordinator too would hold every worker's share twice."""
+    none. Reserving them for the coordinator too would hold every worker's share twice. (Tune refuses an
+    empty reservation, so the coordinator's is one byte of memory, a resource every Ray node has.)"""
     if spec.resources.workers_per_trial > 1:
-        return {"cpu": 0, "gpu": 0}
+        return {"cpu": 0, "gpu": 0, "memory": 1}
     return _lowercase(worker_resources(spec))
 
 

@@ -91,7 +91,8 @@ def test_tune_config_and_resources():
 
 def test_data_parallel_trials_reserve_their_workers_not_the_coordinator():
     spec = sweep(resources={"workers_per_trial": 4, "cpus": 2, "gpus": 1}, trial={"train": {"batch_size": 8}})
-    assert resources(spec) == {"cpu": 0, "gpu": 0}  # Ray Train reserves the workers
+    assert resources(spec) == {"cpu": 0, "gpu": 0, "memory": 1}  # Ray Train reserves the workers
+    tune.with_resources(lambda config: None, resources(spec))  # a reservation Tune accepts
     assert worker_resources(spec) == {"CPU": 2, "GPU": 1}
     assert describe_trial_needs(spec) == "4 workers x {CPU: 2, GPU: 1}"
     gpu_node = {"CPU": 8.0, "GPU": 2.0, "memory": 64e9}
