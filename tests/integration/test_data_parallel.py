@@ -112,3 +112,17 @@ def test_a_killed_worker_restarts_the_group_from_the_newest_checkpoint(tmp_path)
     # finished its checkpoint before the group noticed: at most one epoch ran twice.
     assert len(resumed) == 1 and at_kill <= resumed[0] <= at_kill + 1, log[-3000:]
     tracked_once(summary, "ddp-kill")  # one run, every epoch once (the replayed epochs were dropped)
+
+
+def test_a_trial_no_node_can_hold_is_refused_before_tune_starts(tmp_path):
+    workers = (os.cpu_count() or 1) + 1  # one worker more than this machine has CPUs: it can never start
+    spec = tiny_sweep("ddp-too-big", lrs=[0.05], epochs=1, concurrent=1)
+    spec["resources"] = {"workers_per_trial": workers, "cpus": 1}
+    path = tmp_path / "too-big.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    driver = frost("run", str(path), root=tmp_path / "root")
+    out, err = driver.communicate(timeout=300)
+    assert driver.returncode == 2, err[-3000:]
+    assert f"one trial needs {workers} workers x {{CPU: 1}} and no trial fits the cluster" in err, err[-3000:]
+    assert "Traceback" not in err
+    assert not (tmp_path / "root" / "sweeps" / "ddp-too-big" / "trials").exists()  # no trial started
