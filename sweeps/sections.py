@@ -109,7 +109,9 @@ class ResourcesSpec(_Strict):
         description="data-parallel workers of one trial (DDP on Ray Train; train.batch_size is global)",
     )
     placement: Literal["pack", "spread"] = Field(
-        "pack", description="workers of a trial: packed on few nodes, or spread one per node where possible"
+        "pack",
+        description="workers of a data-parallel trial: packed on few nodes, or spread one per node where "
+        "possible (no effect with one worker)",
     )
 
     _whole_above_one = field_validator("cpus", "gpus")(_check_resource_amount)
