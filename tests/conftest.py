@@ -10,23 +10,9 @@ import pytest
 # 127.0.0.1 only; Ray reads this once, on import (service/loopback.py says why).
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
-from trainers.config import TrialSpec, load_trial_spec
+from tiny_trial import TINY_TRIAL  # noqa: E402  (after the Ray setting above)
 
-# A trial small enough for 2 CPU cores in seconds: 64 px images, 4 classes, 24 train / 8 val images.
-TINY_TRIAL = [
-    "data.synth.train_images=24",
-    "data.synth.val_images=8",
-    "data.synth.image_size=64",
-    "data.synth.classes=4",
-    "data.synth.max_objects=3",
-    "input.image_size=64",
-    "backbone.weights=none",
-    "train.epochs=2",
-    "train.batch_size=8",
-    "optim.warmup_steps=2",
-    "eval.rare_max=4",
-    "eval.common_max=12",
-]
+from trainers.config import TrialSpec, load_trial_spec
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_TRIAL
+from tiny_trial import TINY_TRIAL
 
 from trainers.checkpoints import CHECKPOINT_FILE, checkpoint_dirs, read_attempts
 from trainers.config import load_trial_spec
