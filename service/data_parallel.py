@@ -1,8 +1,8 @@
 """A trial of several data-parallel workers: Ray Train's TorchTrainer, started from the trial's Tune actor.
 
-    Tune actor (reserves nothing)  --TorchTrainer.fit-->  Train controller  -->  N workers (DDP, gloo/nccl)
-          ^                                                     |
-          +---------- TuneReportCallback: rank 0's metrics -----+
+    Tune actor (1 byte)  -->  fit task (RAY_ADDRESS)  -->  Train controller  -->  N workers (DDP)
+          ^                                                      |
+          +------- EpochsOnceCallback: rank 0's metrics ---------+
 
 The trainer (trainers/train.py) runs unchanged on every worker inside the process group Ray Train set up:
 it shards batches, averages gradients, gathers evaluation and lets rank 0 write the epoch checkpoint into
@@ -11,7 +11,8 @@ own: a restarted worker group (a worker died: Ray Train's FailureConfig) or a re
 died: Tuner.restore) starts `run_trial` again on that directory and goes on from its newest checkpoint, so
 the trial directory must be on storage every worker's node sees (shared file system; on one machine it is).
 Ray Train's own checkpoints are not used: Tune would not see them anyway (its callback forwards metrics only).
-ASHA's STOP ends the Tune actor, which owns the controller, which owns the workers: all stop together.
+ASHA's STOP ends the Tune actor, which owns the fit task, which owns the controller and its workers: all stop
+together, and Train's cleaner frees the workers' reservation (see run_data_parallel_trial).
 """
 
 from __future__ import annotations
