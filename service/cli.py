@@ -110,21 +110,18 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _print_cluster_fit(spec: SweepSpec, address: str, root: str | None) -> None:
     """One trial must fit the cluster at `address` (exit 2 otherwise); how many run at once."""
     from service.project import project_root
-    from service.runtime import check_cluster, cluster_nodes, ray_session
-    from sweeps.space import describe_trial_needs, trials_that_fit
+    from service.runtime import check_cluster, cluster_fit, cluster_nodes, ray_session
+    from sweeps.space import describe_trial_needs
 
     check_cluster(address)
     with ray_session(address, project_root(root)):
-        nodes = cluster_nodes()
-    fits = trials_that_fit(nodes, spec)
+        fits, why = cluster_fit(spec)
+        nodes = len(cluster_nodes())
+    if not fits:
+        raise FrostError(why)
+    at_once = min(fits, spec.max_concurrent_trials or fits)
     needs = describe_trial_needs(spec)
-    if fits == 0:
-        raise FrostError(
-            f"resources: one trial needs {needs}; no trial fits the {len(nodes)} node(s) at {address}"
-        )
-    limit = spec.max_concurrent_trials
-    at_once = min(fits, limit) if limit else fits
-    print(f"cluster {address}: {len(nodes)} node(s); a trial needs {needs}; {at_once} trial(s) at once")
+    print(f"cluster {address}: {nodes} node(s); a trial needs {needs}; {at_once} trial(s) at once")
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:

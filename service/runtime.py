@@ -49,22 +49,29 @@ def cluster_nodes() -> list[dict[str, float]]:
     return [dict(node["Resources"]) for node in ray.nodes() if node.get("Alive")]
 
 
-def check_trials_fit(spec: SweepSpec, address: str | None) -> int:
-    """How many trials the connected cluster holds at once. None: refused in one line, since Tune (or Ray
-    Train's placement group) would wait forever. An attached cluster may autoscale: only a warning there."""
+def cluster_fit(spec: SweepSpec) -> tuple[int, str]:
+    """(how many trials the connected cluster holds at once, and when that is none, one line saying why)."""
     from sweeps.space import describe_trial_needs, trials_that_fit
 
     nodes = cluster_nodes()
     fits = trials_that_fit(nodes, spec)
-    if fits == 0:
-        have = "; ".join(_node_text(node) for node in nodes) or "no live node"
-        message = (
-            f"resources: one trial needs {describe_trial_needs(spec)} and no trial fits the cluster "
-            f"({have}); lower resources.cpus/gpus/workers_per_trial or add nodes"
-        )
+    if fits:
+        return fits, ""
+    have = "; ".join(_node_text(node) for node in nodes) or "no live node"
+    return 0, (
+        f"resources: one trial needs {describe_trial_needs(spec)} and no trial fits the cluster "
+        f"({have}); lower resources.cpus/gpus/workers_per_trial or add nodes"
+    )
+
+
+def check_trials_fit(spec: SweepSpec, address: str | None) -> int:
+    """How many trials the connected cluster holds at once. None: refused in one line, since Tune (or Ray
+    Train's placement group) would wait forever. An attached cluster may autoscale: only a warning there."""
+    fits, why = cluster_fit(spec)
+    if not fits:
         if address is None:
-            raise FrostError(message)
-        log.warning("%s (waiting: the cluster may scale up)", message)
+            raise FrostError(why)
+        log.warning("%s (waiting: the cluster may scale up)", why)
     return fits
 
 

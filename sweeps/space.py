@@ -39,7 +39,7 @@ from sweeps.spec import (
     get_path,
     is_joint,
     key_paths,
-    set_searched,
+    set_path,
 )
 from trainers.config import TrialSpec, format_validation_error
 from trainers.errors import FrostError
@@ -81,10 +81,8 @@ def trial_spec_for(spec: SweepSpec, config: dict[str, Any]) -> TrialSpec:
     """The base trial with this trial's searched values applied, re-validated. Keys of `config` that are
     not search paths (Tune may add its own) are ignored."""
     data = spec.trial.model_dump(mode="json")
-    for key in spec.search:
-        if key in config:
-            value = config[key]
-            set_searched(data, key, [_plain(v) for v in value] if is_joint(key) else _plain(value))
+    for path, value in searched_config(spec, config).items():
+        set_path(data, path.split("."), value)
     try:
         return TrialSpec.model_validate(data)
     except ValidationError as exc:
