@@ -14,11 +14,11 @@ from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCN
 from torchvision.models.detection.fcos import FCOSHead
 from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.models.detection.rpn import RPNHead
-from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.misc import Conv2dNormActivation
 
 from trainers.config import TrialSpec
 from trainers.neck import NormFactory, norm_factory
+from trainers.roi_align import MultiScaleRoIAlign
 
 if TYPE_CHECKING:
     from trainers.models import FrostBackbone
