@@ -30,8 +30,14 @@ from torchvision.ops import poolers
 __all__ = ["MultiScaleRoIAlign", "sparse_roi_align"]
 
 
-def _axis(coord: Tensor, size: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """torchvision's `bilinear_interpolate` along one axis: low / high index, their weights, and validity."""
+def _axis(coord: Tensor, size: Tensor, samples: int) -> tuple[Tensor, Tensor, Tensor]:
+    """One axis of torchvision's `bilinear_interpolate` for each bin's samples (`coord`: ... x S).
+
+    Returns each bin's cells along this axis (... x 2S: the samples' low and high neighbours, sorted, each
+    cell once, unused slots last), their summed weights (out-of-range samples weigh 0; each sample 1 / S) and
+    which slots are used. RoIAlign's 2-D weights are the products of the two axes' weights, so cells unique
+    per axis make the 2-D cells unique too.
+    """
     valid = (coord >= -1.0) & (coord <= size)
     coord = coord.clamp(min=0.0)
     low = coord.floor().long()
@@ -41,7 +47,16 @@ def _axis(coord: Tensor, size: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, 
     high = torch.where(at_end, low, low + 1)
     coord = torch.where(at_end, low.to(coord.dtype), coord)
     frac = coord - low
-    return low, high, 1.0 - frac, frac, valid
+    ok = valid.to(coord.dtype) / samples
+    cells, order = torch.cat([low, high], -1).sort(dim=-1)
+    weights = torch.cat([(1.0 - frac) * ok, frac * ok], -1).gather(-1, order)
+    first = torch.ones_like(cells, dtype=torch.bool)
+    first[..., 1:] = cells[..., 1:] != cells[..., :-1]
+    slot = first.long().cumsum(-1) - 1  # repeated cells share their first occurrence's slot
+    merged = torch.zeros_like(weights).scatter_add_(-1, slot, weights)
+    unique = torch.zeros_like(cells).scatter_(-1, slot, cells)
+    used = torch.arange(cells.shape[-1], device=cells.device) < first.sum(-1, keepdim=True)
+    return unique, merged, used
 
 
 def _sample_matrix(
@@ -58,8 +73,8 @@ def _sample_matrix(
     ph, pw = output_size
     s = sampling_ratio
     k = rois.shape[0]
-    heights = torch.tensor([h for _, h, _ in shapes], device=device, dtype=dtype)[level_of_roi]
-    widths = torch.tensor([w for _, _, w in shapes], device=device, dtype=dtype)[level_of_roi]
+    heights = torch.tensor([h for _, h, _ in shapes], device=device)[level_of_roi]
+    widths = torch.tensor([w for _, _, w in shapes], device=device)[level_of_roi]
     scale = torch.tensor(scales, device=device, dtype=dtype)[level_of_roi]
     sizes = [b * h * w for b, h, w in shapes]
     starts = torch.tensor([0, *sizes[:-1]], device=device).cumsum(0)[level_of_roi]  # first row of the level
@@ -84,54 +99,31 @@ def _sample_matrix(
         + torch.arange(ph, device=device, dtype=dtype)[None, :, None] * bin_h[:, None, None]
         + sub[None, None, :] * bin_h[:, None, None] / s
     )  # (K, PH, S)
-    x_lo, x_hi, wx_lo, wx_hi, x_ok = _axis(xs, widths[:, None, None])
-    y_lo, y_hi, wy_lo, wy_hi, y_ok = _axis(ys, heights[:, None, None])
+    x_cell, x_weight, x_used = _axis(xs, widths.to(dtype)[:, None, None], s)  # (K, PW, 2S)
+    y_cell, y_weight, y_used = _axis(ys, heights.to(dtype)[:, None, None], s)  # (K, PH, 2S)
 
-    # Broadcast to (K, PH, PW, S_y, S_x): y terms vary along dims 1 and 3, x terms along 2 and 4.
-    def along_y(t: Tensor) -> Tensor:
-        return t[:, :, None, :, None]
-
-    def along_x(t: Tensor) -> Tensor:
-        return t[:, None, :, None, :]
-
-    image = rois[:, 0].long()
-    width = widths.long()
-    base = (starts + image * heights.long() * width)[:, None, None, None, None]
-    ok = (along_y(y_ok) & along_x(x_ok)).to(dtype) / (s * s)
-    cols, weights = [], []
-    for y, wy in ((y_lo, wy_lo), (y_hi, wy_hi)):
-        for x, wx in ((x_lo, wx_lo), (x_hi, wx_hi)):
-            cols.append(base + along_y(y) * width[:, None, None, None, None] + along_x(x))
-            weights.append(along_y(wy) * along_x(wx) * ok)
+    # Row (k, ph, pw) holds the cells (y, x) of y_cell[k, ph] x x_cell[k, pw], y-major: with each axis
+    # sorted and unique, the columns b*H*W + y*W + x come out sorted and unique, as CSR wants them.
+    base = (starts + rois[:, 0].long() * heights * widths)[:, None, None, None, None]
+    col = base + y_cell[:, :, None, :, None] * widths[:, None, None, None, None] + x_cell[:, None, :, None, :]
+    val = y_weight[:, :, None, :, None] * x_weight[:, None, :, None, :]
     rows = k * ph * pw
-    col = torch.stack(cols, -1).reshape(rows, 4 * s * s)
-    val = torch.stack(weights, -1).reshape(rows, 4 * s * s)
-
-    # CSR wants each row's columns sorted and unique: sort them, then sum the weights of repeated cells (two
-    # samples of a small bin can share a cell, and a sample on the last row/column has low == high).
-    col, order = col.sort(dim=1)
-    val = val.gather(1, order)
-    first = torch.ones_like(col, dtype=torch.bool)
-    first[:, 1:] = col[:, 1:] != col[:, :-1]
-    group = first.long().cumsum(1) - 1
-    unique_val = torch.zeros_like(val).scatter_add_(1, group, val)
-    unique_col = torch.zeros_like(col).scatter_(1, group, col)
-    counts = first.sum(1)
-    keep = torch.arange(col.shape[1], device=device)[None, :] < counts[:, None]
+    used = (y_used[:, :, None, :, None] & x_used[:, None, :, None, :]).reshape(rows, 4 * s * s)
     crow = torch.zeros(rows + 1, dtype=torch.long, device=device)
-    crow[1:] = counts.cumsum(0)
+    crow[1:] = used.sum(1).cumsum(0)
+    kept = used.reshape(-1).nonzero().squeeze(1)  # row-major: each row's entries in order
     with warnings.catch_warnings():  # torch flags sparse CSR as beta on every first use
         warnings.filterwarnings(
             "ignore", message="Sparse CSR tensor support is in beta", category=UserWarning
         )
         return torch.sparse_csr_tensor(
             crow,
-            unique_col[keep],
-            unique_val[keep],
+            col.reshape(-1).index_select(0, kept),
+            val.reshape(-1).index_select(0, kept),
             size=(rows, sum(sizes)),
             dtype=dtype,
             device=device,
-            check_invariants=False,  # sorted, unique, in range by construction
+            check_invariants=False,  # sorted, unique, in range by construction (tests check the result)
         )
 
 
