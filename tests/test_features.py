@@ -16,7 +16,7 @@ from torchvision.models._utils import IntermediateLayerGetter
 
 from service.cli import main
 from trainers.config import TrialSpec, load_trial_spec
-from trainers.data import load_datasets
+from trainers.data import CocoDetection, load_datasets
 from trainers.features import (
     cache_root,
     dataset_digest,
@@ -50,11 +50,22 @@ def detector(spec: TrialSpec) -> torch.nn.Module:
 
 
 class Counter:
-    """Counts images through the body: the frozen prefix alone, and the whole body (the uncached path)."""
+    """Counts images through the body (the frozen prefix alone, and the whole body: the uncached path) and
+    images read from disk."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.prefix = self.body = 0
-        prefix, body = FrostBackbone.forward_prefix, IntermediateLayerGetter.forward
+        self.prefix = self.body = self.reads = 0
+        prefix, body, read = (
+            FrostBackbone.forward_prefix,
+            IntermediateLayerGetter.forward,
+            CocoDetection.__getitem__,
+        )
+
+        def count_read(dataset, index):
+            self.reads += 1
+            return read(dataset, index)
+
+        monkeypatch.setattr(CocoDetection, "__getitem__", count_read)
 
         def count_prefix(module, x):
             self.prefix += x.shape[0]
@@ -167,6 +178,9 @@ def test_a_second_trial_reuses_the_cache_without_running_the_body(tiny_overrides
     second = run_trial(other, tmp_path / "second")
     assert second["cache_used"] is True and second["cache_build_s"] == 0 and second["cache_bytes"] == 0
     assert counter.prefix == built and counter.body == 0  # zero body forwards in the second trial
+    # ... and no image read but the one that tells the transform's output size: the cache stands in for the
+    # pixels, the annotations give the sizes.
+    assert counter.reads == built + 1
     shards = sorted(cache_root().rglob("*.fc"))
     assert len(shards) == 3
     assert first["cache_bytes"] == sum(p.stat().st_size for p in shards)
@@ -206,6 +220,28 @@ def test_over_budget_the_trial_trains_uncached_and_says_so(tiny_overrides, tmp_p
     assert result["cache_used"] is False and result["cache_bytes"] == 0
     assert not list(cache_root().rglob("*.fc"))
     assert counter.body > 0  # it trained, uncached
+
+
+def test_images_unlike_their_annotated_size_train_uncached_and_say_so(tiny_overrides, tmp_path, capsys):
+    """A cached trial never reads an image again, only its annotated size: building checks they agree."""
+    spec = trial(tiny_overrides)
+    root = tmp_path / "data"
+    shutil.copytree(spec.data.resolved_root(), root)
+    splits = {}
+    for split in (spec.data.train, spec.data.val):
+        splits[split.annotations] = json.loads((root / split.annotations).read_text())
+        for image in splits[split.annotations]["images"]:  # 64 x 64 files; every box still fits in 80 x 80
+            image["width"] = image["height"] = 80
+        (root / split.annotations).write_text(json.dumps(splits[split.annotations]))
+    result = run_trial(
+        trial(tiny_overrides, "train.epochs=1", "data.source=coco", f"data.root={root}"), tmp_path / "t"
+    )
+    err = capsys.readouterr().err
+    images = splits[spec.data.train.annotations]["images"]
+    first = root / spec.data.train.images / min(images, key=lambda i: i["id"])["file_name"]
+    assert f"feature cache: off: {first} is 64x64 but its annotation says 80x80; training without" in err
+    assert result["cache_used"] is False
+    assert not list(cache_root().rglob("*.tmp")), "the aborted shard left a temporary file"
 
 
 @pytest.mark.parametrize("damage", ["flip a byte", "truncate"])

@@ -227,9 +227,27 @@ class CocoDetection(Dataset):
     def __len__(self) -> int:
         return len(self.image_ids)
 
+    def image_path(self, index: int) -> Path:
+        return self.image_dir / self.coco.imgs[self.image_ids[index]]["file_name"]
+
+    def image_size(self, index: int) -> tuple[int, int]:
+        """(height, width) as the annotation file gives it."""
+        info = self.coco.imgs[self.image_ids[index]]
+        return int(info["height"]), int(info["width"])
+
+    def blank(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """`self[index]` without reading the image: zeros of its annotated size, and its target.
+
+        For trials whose backbone reads the feature cache: the detector then uses the image's size, never its
+        pixels (building the cache checked every image's size against its annotation).
+        """
+        height, width = self.image_size(index)
+        target = {key: value.clone() for key, value in self._targets[self.image_ids[index]].items()}
+        return torch.zeros((), dtype=torch.uint8).expand(3, height, width), target
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         image_id = self.image_ids[index]
-        path = self.image_dir / self.coco.imgs[image_id]["file_name"]
+        path = self.image_path(index)
         try:
             with Image.open(path) as image:
                 tensor = pil_to_tensor(image.convert("RGB"))

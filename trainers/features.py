@@ -113,12 +113,22 @@ def shard_path(root: Path, key: dict[str, Any]) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- building
+class SizeMismatch(Exception):
+    """An image's size is not the one its annotation gives: the cache cannot stand in for its pixels."""
+
+
 def _input_batches(model: nn.Module, dataset: CocoDetection, flip: bool) -> Iterator[Tensor]:
     """The body's input for every image of `dataset` in order, as the detector's own transform makes it."""
     for start in range(0, len(dataset), BUILD_BATCH):
         images = []
         for index in range(start, min(start + BUILD_BATCH, len(dataset))):
             image, target = dataset[index]
+            if tuple(image.shape[-2:]) != dataset.image_size(index):
+                # Trials that read the cache never load the image again, only its annotated size.
+                (height, width), (real_h, real_w) = dataset.image_size(index), image.shape[-2:]
+                raise SizeMismatch(
+                    f"{dataset.image_path(index)} is {real_w}x{real_h} but its annotation says {width}x{height}"
+                )
             image = hflip(image, target)[0] if flip else image
             images.append(image.float().div_(255))  # exactly as the training loop feeds the detector
         yield detector_parts(model)[0](images)[0].tensors
@@ -299,7 +309,11 @@ def prepare_feature_cache(
         start, built = time.perf_counter(), 0
         for split, ds, skey in missing:
             path = shard_path(root, skey)
-            built += build_shard(path, skey, model, ds)
+            try:
+                built += build_shard(path, skey, model, ds)
+            except SizeMismatch as exc:  # the shard's temporary file is gone (atomic_writer)
+                log.info("feature cache: %s", f"off: {exc}; training without the cache")
+                return None, CacheReport(False)
             shards[(split, skey["flip"])] = open_shard(path, skey)
         seconds = time.perf_counter() - start
     log.info(

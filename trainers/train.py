@@ -168,7 +168,7 @@ def train_one_epoch(
     loader: DataLoader[tuple[int, bool]] = DataLoader(
         items,  # type: ignore[arg-type]  # a list is a map-style dataset
         batch_sampler=[world.shard(batch) for batch in batches],
-        collate_fn=lambda chosen: _load_batch(dataset, chosen),
+        collate_fn=lambda chosen: _load_batch(dataset, chosen, pixels=cache is None),
         num_workers=spec.train.workers,
     )
     steps = len(batches)
@@ -254,10 +254,13 @@ def global_loss(
     return sum(v * (n / total) for v, n, _ in shares)  # n / total is exactly 1.0 for one worker
 
 
-def _load_batch(dataset: CocoDetection, items: list[tuple[int, bool]]) -> tuple[list, list, list[bool]]:
+def _load_batch(
+    dataset: CocoDetection, items: list[tuple[int, bool]], pixels: bool = True
+) -> tuple[list, list, list[bool]]:
+    """Images (blank ones of the right size unless `pixels`: the cache stands in for them), targets, flips."""
     pairs = []
     for index, flip in items:
-        image, target = dataset[index]
+        image, target = dataset[index] if pixels else dataset.blank(index)
         pairs.append(hflip(image, target) if flip else (image, target))
     return (*collate(pairs), [flip for _, flip in items])
 
@@ -277,7 +280,7 @@ def predict(
     loader: DataLoader[int] = DataLoader(
         range(len(dataset)) if indices is None else indices,  # type: ignore[arg-type]  # map-style datasets
         batch_size=spec.eval.batch_size,
-        collate_fn=lambda idx: collate([dataset[i] for i in idx]),
+        collate_fn=lambda idx: collate([dataset[i] if cache is None else dataset.blank(i) for i in idx]),
         num_workers=spec.train.workers,
     )
     use_amp = spec.train.amp and device.type == "cuda"
