@@ -4,9 +4,9 @@ Part 1, per backbone (ResNet-18 and ResNet-50 FPN Faster R-CNN, 128 px, batch 8,
 `step_time_s` of its last epoch (training steps only; a cached trial builds its cache before its first step,
 timed apart; the first epoch's first steps pay one-time allocations, so `--epochs 2` measures the second). A
 throw-away trial first warms the process up (kernels, allocator) so the first mode measured is not penalised.
-Part 2: a sweep-like run of 4 frozen ResNet-18 trials of one cache key (different heads), run one after the
-other in this process, with and without the cache; the cached sweep's wall time includes building the cache
-(done by its first trial). Trials run in-process (`run_trial`) on a private FROST_HOME so the cache starts
+Part 2, per backbone: a sweep-like run of 4 frozen trials of one cache key (different heads), run one after
+the other in this process, with and without the cache; the cached sweep's wall time includes building the
+cache (done by its first trial). Trials run in-process (`run_trial`) on a private FROST_HOME so the cache starts
 empty; `backbone.weights=none` (weights do not change speed). Targets (issue 12): cached / fine-tuned step
 <= 0.40 (R18) and <= 0.30 (R50); cached / uncached sweep wall <= 0.5.
 
@@ -56,7 +56,7 @@ def step_times(args: argparse.Namespace, tmp: Path) -> dict[str, dict[str, float
     warm = argparse.Namespace(**{**vars(args), "images": 16})
     run(trial_spec(warm, "backbone.freeze=finetune", "train.epochs=1"), tmp / "warm-up")
     rows: dict[str, dict[str, float]] = {}
-    for backbone in ("resnet18", "resnet50"):
+    for backbone in BACKBONES:
         common = (f"backbone.name={backbone}", f"train.epochs={args.epochs}")
         modes = {
             "finetune": ("backbone.freeze=finetune",),
@@ -75,18 +75,26 @@ def step_times(args: argparse.Namespace, tmp: Path) -> dict[str, dict[str, float
     return rows
 
 
+BACKBONES = ("resnet18", "resnet50")
 SWEEP = ("heads.box_fc=64", "heads.box_fc=128", "neck.extra_blocks=1", "heads.rpn_convs=2")
 
 
-def sweep(args: argparse.Namespace, tmp: Path, cached: bool) -> dict[str, float]:
+def sweep(args: argparse.Namespace, tmp: Path, backbone: str, cached: bool) -> dict[str, float]:
     from trainers.features import cache_root
 
     shutil.rmtree(cache_root(), ignore_errors=True)  # part 1 built this key already: the sweep builds its own
     start, build, size, epochs = time.perf_counter(), 0.0, 0, 0.0
     for n, override in enumerate(SWEEP):
-        spec = trial_spec(args, override, f"train.epochs={args.sweep_epochs}", f"cache.features={cached}")
-        print(f"sweep {'cached' if cached else 'uncached'} trial {n + 1}/{len(SWEEP)} ...", file=sys.stderr)
-        result = run(spec, tmp / f"sweep-{cached}-{n}")
+        spec = trial_spec(
+            args,
+            override,
+            f"backbone.name={backbone}",
+            f"train.epochs={args.sweep_epochs}",
+            f"cache.features={cached}",
+        )
+        name = f"{backbone} sweep {'cached' if cached else 'uncached'}"
+        print(f"{name} trial {n + 1}/{len(SWEEP)} ...", file=sys.stderr)
+        result = run(spec, tmp / f"sweep-{backbone}-{cached}-{n}")
         build, size, epochs = (
             build + result["cache_build_s"],
             size + result["cache_bytes"],
@@ -98,7 +106,9 @@ def sweep(args: argparse.Namespace, tmp: Path, cached: bool) -> dict[str, float]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=128, help="training images per epoch")
-    parser.add_argument("--epochs", type=int, default=2, help="epochs of each step-time trial (the last is timed)")
+    parser.add_argument(
+        "--epochs", type=int, default=2, help="epochs of each step-time trial (the last is timed)"
+    )
     parser.add_argument("--sweep-epochs", type=int, default=6, help="epochs of each sweep trial")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -107,7 +117,7 @@ def main() -> None:
         os.environ["FROST_OFFLINE"] = "1"
         start = time.perf_counter()
         rows = step_times(args, tmp)
-        uncached, cached = sweep(args, tmp, False), sweep(args, tmp, True)
+        sweeps = {bb: (sweep(args, tmp, bb, False), sweep(args, tmp, bb, True)) for bb in BACKBONES}
         total = time.perf_counter() - start
 
     print(f"\nFaster R-CNN FPN, 128 px, batch 8, CPU, {args.images} train images x {args.epochs} epoch(s)")
@@ -120,25 +130,26 @@ def main() -> None:
             f"{name:<24} {row['step']:>8.3f} {row['epoch']:>8.2f} {row['build']:>8.2f} "
             f"{row['bytes'] / 2**20:>10.2f} {row['step'] / base:>8.2f}"
         )
+    print(f"\nsweep of {len(SWEEP)} frozen trials x {args.sweep_epochs} epochs, one after the other")
     print(
-        f"\nsweep of {len(SWEEP)} frozen ResNet-18 trials x {args.sweep_epochs} epochs, one after the other"
+        f"{'sweep':<20} {'wall s':>8} {'epoch s':>8} {'build s':>8} {'cache MiB':>10} {'wall/uncached':>14}"
     )
+    for backbone, (uncached, cached) in sweeps.items():
+        for name, row in (("uncached", uncached), ("cached", cached)):
+            print(
+                f"{backbone + ' ' + name:<20} {row['wall']:>8.1f} {row['epoch']:>8.2f} {row['build']:>8.2f} "
+                f"{row['bytes'] / 2**20:>10.2f} {row['wall'] / uncached['wall']:>14.2f}"
+            )
+
+    def verdict(value: float, target: float) -> str:
+        return f"{value:.2f} (<= {target:.2f}: {'met' if value <= target else 'NOT met'})"
+
+    step = {bb: rows[f"{bb} frozen+cache"]["step"] / rows[f"{bb} finetune"]["step"] for bb in BACKBONES}
+    wall = {bb: cached["wall"] / uncached["wall"] for bb, (uncached, cached) in sweeps.items()}
     print(
-        f"{'sweep':<10} {'wall s':>8} {'epoch s':>8} {'build s':>8} {'cache MiB':>10} {'wall/uncached':>14}"
-    )
-    for name, row in (("uncached", uncached), ("cached", cached)):
-        print(
-            f"{name:<10} {row['wall']:>8.1f} {row['epoch']:>8.2f} {row['build']:>8.2f} "
-            f"{row['bytes'] / 2**20:>10.2f} {row['wall'] / uncached['wall']:>14.2f}"
-        )
-    r18 = rows["resnet18 frozen+cache"]["step"] / rows["resnet18 finetune"]["step"]
-    r50 = rows["resnet50 frozen+cache"]["step"] / rows["resnet50 finetune"]["step"]
-    ratio = cached["wall"] / uncached["wall"]
-    print(
-        f"\ntargets: R18 cached/ft {r18:.2f} (<= 0.40: {'met' if r18 <= 0.40 else 'NOT met'}); "
-        f"R50 {r50:.2f} (<= 0.30: {'met' if r50 <= 0.30 else 'NOT met'}); "
-        f"sweep cached/uncached {ratio:.2f} (<= 0.5: {'met' if ratio <= 0.5 else 'NOT met'}); "
-        f"benchmark {total:.0f} s"
+        f"\ntargets: cached/fine-tuned step R18 {verdict(step['resnet18'], 0.40)}, "
+        f"R50 {verdict(step['resnet50'], 0.30)}; sweep cached/uncached R18 {verdict(wall['resnet18'], 0.5)}, "
+        f"R50 {verdict(wall['resnet50'], 0.5)}; benchmark {total:.0f} s"
     )
 
 
