@@ -4,20 +4,26 @@ Part 1, per backbone (ResNet-18 and ResNet-50 FPN Faster R-CNN, 128 px, batch 8,
 `step_time_s` of its last epoch (training steps only; a cached trial builds its cache before its first step,
 timed apart; the first epoch's first steps pay one-time allocations, so `--epochs 2` measures the second). A
 throw-away trial first warms the process up (kernels, allocator) so the first mode measured is not penalised.
-Part 2, per backbone: a sweep-like run of 4 frozen trials of one cache key (different heads), run one after
-the other in this process, with and without the cache; the cached sweep's wall time includes building the
-cache (done by its first trial). Trials run in-process (`run_trial`) on a private FROST_HOME so the cache starts
-empty; `backbone.weights=none` (weights do not change speed). Targets (issue 12): cached / fine-tuned step
-<= 0.40 (R18) and <= 0.30 (R50); cached / uncached sweep wall <= 0.5.
+Part 2, per backbone: a sweep of 4 frozen trials of one cache key (different heads), with and without the
+cache, run as frost runs a sweep on this machine: `--concurrent` trials at a time (default 2), each its own
+`frost train` process with cores / concurrent threads, as a Ray trial actor of `resources.cpus: 1` has
+(OMP_NUM_THREADS=1); the Ray and MLflow overhead of a real sweep is measured apart
+(benchmarks/service_overhead.py). The cached sweep's wall time includes building the cache: the first trial
+builds it under the key's lock while the other waits. Part 1 runs in-process (`run_trial`) with every core.
+All on a private FROST_HOME, so the cache starts empty; `backbone.weights=none` (weights do not change speed).
+Targets (issue 12): cached / fine-tuned step <= 0.40 (R18) and <= 0.30 (R50); cached / uncached sweep wall
+<= 0.5.
 
-    python benchmarks/feature_cache.py [--images 128] [--epochs 2] [--sweep-epochs 6]
+    python benchmarks/feature_cache.py [--images 128] [--epochs 2] [--sweep-epochs 6] [--concurrent 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -25,24 +31,25 @@ from pathlib import Path
 from typing import Any
 
 
-def trial_spec(args: argparse.Namespace, *overrides: str) -> Any:
+def overrides(args: argparse.Namespace, *more: str) -> list[str]:
+    return [
+        "backbone.weights=none",
+        "detector=faster_rcnn",
+        "input.image_size=128",
+        "data.synth.image_size=128",
+        f"data.synth.train_images={args.images}",
+        "data.synth.val_images=16",
+        "train.batch_size=8",
+        "train.device=cpu",
+        "eval.every=100",
+        *more,
+    ]
+
+
+def trial_spec(args: argparse.Namespace, *more: str) -> Any:
     from trainers.config import load_trial_spec
 
-    return load_trial_spec(
-        None,
-        [
-            "backbone.weights=none",
-            "detector=faster_rcnn",
-            "input.image_size=128",
-            "data.synth.image_size=128",
-            f"data.synth.train_images={args.images}",
-            "data.synth.val_images=16",
-            "train.batch_size=8",
-            "train.device=cpu",
-            "eval.every=100",
-            *overrides,
-        ],
-    )
+    return load_trial_spec(None, overrides(args, *more))
 
 
 def run(spec: Any, out: Path) -> dict[str, Any]:
@@ -80,27 +87,40 @@ SWEEP = ("heads.box_fc=64", "heads.box_fc=128", "neck.extra_blocks=1", "heads.rp
 
 
 def sweep(args: argparse.Namespace, tmp: Path, backbone: str, cached: bool) -> dict[str, float]:
+    """The SWEEP trials as a frost sweep runs them on this machine: `--concurrent` at a time, each a process
+    with cores / concurrent threads (a Ray trial actor of `resources.cpus: 1` gets OMP_NUM_THREADS=1)."""
     from trainers.features import cache_root
 
     shutil.rmtree(cache_root(), ignore_errors=True)  # part 1 built this key already: the sweep builds its own
-    start, build, size, epochs = time.perf_counter(), 0.0, 0, 0.0
-    for n, override in enumerate(SWEEP):
-        spec = trial_spec(
-            args,
-            override,
-            f"backbone.name={backbone}",
-            f"train.epochs={args.sweep_epochs}",
-            f"cache.features={cached}",
-        )
-        name = f"{backbone} sweep {'cached' if cached else 'uncached'}"
-        print(f"{name} trial {n + 1}/{len(SWEEP)} ...", file=sys.stderr)
-        result = run(spec, tmp / f"sweep-{backbone}-{cached}-{n}")
-        build, size, epochs = (
-            build + result["cache_build_s"],
-            size + result["cache_bytes"],
-            epochs + result["epoch_time_s"],
-        )
-    return {"wall": time.perf_counter() - start, "build": build, "bytes": size, "epoch": epochs / len(SWEEP)}
+    threads = str(max(1, (os.cpu_count() or 1) // args.concurrent))
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    name = f"{backbone} sweep {'cached' if cached else 'uncached'}"
+    waiting = list(enumerate(SWEEP))
+    running: list[subprocess.Popen[str]] = []
+    results = []
+    start = time.perf_counter()
+    while waiting or running:
+        while waiting and len(running) < args.concurrent:
+            n, override = waiting.pop(0)
+            print(f"{name} trial {n + 1}/{len(SWEEP)} ...", file=sys.stderr, flush=True)
+            command = [sys.executable, "-m", "service.cli", "train", "--out", str(tmp / f"sweep-{name}-{n}")]
+            more = (override, f"backbone.name={backbone}", f"train.epochs={args.sweep_epochs}")
+            for item in overrides(args, *more, f"cache.features={cached}"):
+                command += ["--set", item]
+            running.append(
+                subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            )
+        proc = running.pop(0)
+        out, err = proc.communicate()
+        if proc.returncode != 0:
+            sys.exit(f"{name}: frost train failed:\n{err[-2000:]}")
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    return {
+        "wall": time.perf_counter() - start,
+        "build": sum(r["cache_build_s"] for r in results),
+        "bytes": sum(r["cache_bytes"] for r in results),
+        "epoch": sum(r["epoch_time_s"] for r in results) / len(results),
+    }
 
 
 def main() -> None:
@@ -110,6 +130,7 @@ def main() -> None:
         "--epochs", type=int, default=2, help="epochs of each step-time trial (the last is timed)"
     )
     parser.add_argument("--sweep-epochs", type=int, default=6, help="epochs of each sweep trial")
+    parser.add_argument("--concurrent", type=int, default=2, help="sweep trials at a time")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -130,7 +151,11 @@ def main() -> None:
             f"{name:<24} {row['step']:>8.3f} {row['epoch']:>8.2f} {row['build']:>8.2f} "
             f"{row['bytes'] / 2**20:>10.2f} {row['step'] / base:>8.2f}"
         )
-    print(f"\nsweep of {len(SWEEP)} frozen trials x {args.sweep_epochs} epochs, one after the other")
+    threads = max(1, (os.cpu_count() or 1) // args.concurrent)
+    print(
+        f"\nsweep of {len(SWEEP)} frozen trials x {args.sweep_epochs} epochs, {args.concurrent} at a time, "
+        f"{threads} thread(s) each (epoch s: a trial's mean)"
+    )
     print(
         f"{'sweep':<20} {'wall s':>8} {'epoch s':>8} {'build s':>8} {'cache MiB':>10} {'wall/uncached':>14}"
     )

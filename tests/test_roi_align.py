@@ -117,6 +117,33 @@ def test_multiscale_pool_equals_torchvision_across_levels_and_images() -> None:
     assert features["skipped"].grad is None
 
 
+def test_non_finite_boxes_pool_zeros_and_leave_the_others_alone() -> None:
+    """A diverging model can hand the pool NaN / inf boxes: they must not index outside the maps."""
+    g = torch.Generator().manual_seed(4)
+    features = torch.randn(2, 5, 10, 12, generator=g, dtype=torch.float64)
+    rois = edge_rois(10, 12, 0.125)
+    bad = torch.tensor(
+        [[0, float("nan"), 1, 20, 30], [1, 2, float("inf"), 40, 50], [0, -float("inf"), 0, float("inf"), 60]],
+        dtype=torch.float64,
+    )
+    levels = torch.zeros(len(rois) + len(bad), dtype=torch.long)
+    pooled = sparse_roi_align([features], torch.cat([rois, bad]), levels, [0.125], (7, 7), 2)
+    assert torch.equal(pooled[len(rois) :], torch.zeros(len(bad), 5, 7, 7, dtype=torch.float64))
+    torch.testing.assert_close(pooled[: len(rois)], roi_align(features, rois, 7, 0.125, 2), **TOL)
+
+
+def test_a_nan_box_maps_to_no_level_and_pools_zeros_as_in_torchvision() -> None:
+    size, names = 512, ["0", "1", "2", "3"]
+    features = pyramid(2, size, torch.float64)
+    boxes = [image_boxes(10, size, 5), image_boxes(10, size, 6)]
+    boxes[1][3] = torch.tensor([float("nan"), 10.0, 50.0, 60.0], dtype=torch.float64)
+    shapes = [(size, size)] * 2
+    ours = MultiScaleRoIAlign(names, 7, 2)(features, boxes, shapes)
+    theirs = TorchvisionPool(names, 7, 2)(features, boxes, shapes)
+    assert not ours[13].any()
+    torch.testing.assert_close(ours, theirs, **TOL)
+
+
 def test_no_boxes_gives_an_empty_result_with_a_graph() -> None:
     features = pyramid(2, 64, torch.float32)
     empty = [torch.zeros(0, 4), torch.zeros(0, 4)]

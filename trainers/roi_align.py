@@ -38,8 +38,10 @@ def _axis(coord: Tensor, size: Tensor, samples: int) -> tuple[Tensor, Tensor, Te
     which slots are used. RoIAlign's 2-D weights are the products of the two axes' weights, so cells unique
     per axis make the 2-D cells unique too.
     """
-    valid = (coord >= -1.0) & (coord <= size)
-    coord = coord.clamp(min=0.0)
+    valid = (coord >= -1.0) & (coord <= size)  # False for NaN too
+    # Out-of-range samples weigh 0; reading them at 0 keeps every cell index in range even for NaN / inf
+    # coordinates (a diverging model's boxes), which would otherwise index outside the maps.
+    coord = torch.where(valid, coord, torch.zeros_like(coord)).clamp(min=0.0)
     low = coord.floor().long()
     last = size.long() - 1
     at_end = low >= last
@@ -169,5 +171,10 @@ class MultiScaleRoIAlign(poolers.MultiScaleRoIAlign):
             levels = torch.zeros(rois.shape[0], dtype=torch.long, device=rois.device)
         else:
             levels = self.map_levels(boxes)
+            outside = (levels < 0) | (levels >= len(maps))  # a NaN box maps to no level
+            if outside.any():  # torchvision leaves such rows zero: NaN coordinates pool zeros here
+                rois = rois.clone()
+                rois[outside, 1:] = float("nan")
+                levels = levels.clamp(0, len(maps) - 1)
         size = self.output_size
         return sparse_roi_align(maps, rois, levels, self.scales, (size[0], size[-1]), self.sampling_ratio)
