@@ -30,7 +30,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from trainers.config import TrialSpec, frost_home
 from trainers.data import CocoDetection, hflip
 from trainers.feature_store import LOCK_FILE, SUFFIX, CorruptShard, Shard, open_shard, write_shard
-from trainers.files import file_lock
+from trainers.files import file_lock, try_file_lock
 from trainers.logs import log
 from trainers.models import FrostBackbone
 
@@ -259,13 +259,35 @@ def _wanted_shards(
     return [*wanted, ("val", val, False)]
 
 
+def shard_lock(path: Path) -> Path:
+    return path.with_name(f".{path.name}.lock")
+
+
+def _open_or_build(
+    path: Path, skey: dict[str, Any], model: nn.Module, dataset: CocoDetection
+) -> tuple[Shard, int, float]:
+    """The shard at `path`, built first if missing or corrupt (the caller holds its lock): (shard, bytes, s)."""
+    try:
+        return open_shard(path, skey), 0, 0.0
+    except FileNotFoundError:
+        pass
+    except CorruptShard as exc:
+        log.info("feature cache: %s", f"{exc}: rebuilding it")
+        path.unlink()
+    start = time.perf_counter()
+    size = build_shard(path, skey, model, dataset)
+    return open_shard(path, skey), size, time.perf_counter() - start
+
+
 def prepare_feature_cache(
     spec: TrialSpec, model: nn.Module, train: CocoDetection, val: CocoDetection, root: Path | None = None
 ) -> tuple[FeatureCache | None, CacheReport]:
-    """Open this trial's shards, building the missing or corrupt ones first under the key's lock.
+    """Open this trial's shards, building the missing or corrupt ones first, each under its own lock.
 
-    Under the lock, so concurrent trials of one key never both build: the first builds, the others wait and
-    then read. Over the budget nothing is built and the trial trains without the cache (one log line).
+    Concurrent trials of one key never build the same shard: each first builds the missing shards no other
+    trial is building (so two trials build two shards at once), then waits for the rest and reads them. The
+    key's lock is held shared meanwhile, so `frost cache clear` leaves the key alone. Over the budget nothing is
+    built and the trial trains without the cache (one log line).
     """
     reason = cache_refusal(spec, model, [train, val])
     if reason:
@@ -277,24 +299,16 @@ def prepare_feature_cache(
         (split, ds, shard_key(key, split, dataset_digest(ds), flip))
         for split, ds, flip in _wanted_shards(spec, train, val)
     ]
-    with file_lock(shard_path(root, wanted[0][2]).parent / LOCK_FILE):
+    directory = shard_path(root, wanted[0][2]).parent
+    with file_lock(directory / LOCK_FILE, shared=True):
         shards, missing = {}, []
         for split, ds, skey in wanted:
-            path = shard_path(root, skey)
             try:
-                shards[(split, skey["flip"])] = open_shard(path, skey)
-                continue
-            except FileNotFoundError:
-                pass
-            except CorruptShard as exc:
-                log.info("feature cache: %s", f"{exc}: rebuilding it")
-                path.unlink()
-            missing.append((split, ds, skey))
+                shards[(split, skey["flip"])] = open_shard(shard_path(root, skey), skey)
+            except (FileNotFoundError, CorruptShard):  # looked at again under the shard's lock
+                missing.append((split, ds, skey))
         if not missing:
-            log.info(
-                "feature cache: %s",
-                f"reading {len(shards)} shard(s) under {shard_path(root, wanted[0][2]).parent}",
-            )
+            log.info("feature cache: %s", f"reading {len(shards)} shard(s) under {directory}")
             return FeatureCache(shards), CacheReport(True)
         images = sum(len(ds) for _, ds, _ in missing)
         estimate = estimate_bytes(model, key["input_size"], images, spec.cache.dtype)
@@ -306,18 +320,26 @@ def prepare_feature_cache(
                 "(cache.budget_mb); training without the cache",
             )
             return None, CacheReport(False)
-        start, built = time.perf_counter(), 0
-        for split, ds, skey in missing:
-            path = shard_path(root, skey)
-            try:
-                built += build_shard(path, skey, model, ds)
-            except SizeMismatch as exc:  # the shard's temporary file is gone (atomic_writer)
-                log.info("feature cache: %s", f"off: {exc}; training without the cache")
-                return None, CacheReport(False)
-            shards[(split, skey["flip"])] = open_shard(path, skey)
-        seconds = time.perf_counter() - start
+        seconds, built, count = 0.0, 0, 0
+        try:
+            for wait in (False, True):  # first the shards no one else is building, then wait for the others
+                for split, ds, skey in missing:
+                    if (split, skey["flip"]) in shards:
+                        continue
+                    path = shard_path(root, skey)
+                    lock = file_lock(shard_lock(path)) if wait else try_file_lock(shard_lock(path))
+                    with lock as held:
+                        if held is None:
+                            continue
+                        shard, size, spent = _open_or_build(path, skey, model, ds)
+                    shards[(split, skey["flip"])] = shard
+                    seconds, built, count = seconds + spent, built + size, count + (size > 0)
+        except SizeMismatch as exc:  # the shard's temporary file is gone (atomic_writer)
+            log.info("feature cache: %s", f"off: {exc}; training without the cache")
+            return None, CacheReport(False)
     log.info(
         "feature cache: %s",
-        f"built {len(missing)} shard(s), {built / 2**20:.1f} MiB in {seconds:.1f} s (estimate {estimate / 2**20:.1f} MiB)",
+        f"built {count} shard(s), {built / 2**20:.1f} MiB in {seconds:.1f} s (estimate "
+        f"{estimate / 2**20:.1f} MiB for the {len(missing)} missing); read {len(shards) - count} under {directory}",
     )
     return FeatureCache(shards), CacheReport(True, seconds, built)

@@ -94,12 +94,13 @@ def read_json_or(path: Path, default: Any) -> Any:
 
 
 @contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[IO[str]]:
-    """An exclusive fcntl lock on `path` (created if missing), waited for; released on exit or process death."""
+def file_lock(path: Path, shared: bool = False) -> Iterator[IO[str]]:
+    """An exclusive (or `shared`) fcntl lock on `path` (created if missing), waited for; released on exit or
+    process death."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        fcntl.flock(handle, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         try:
             yield handle
         finally:
