@@ -18,6 +18,7 @@ import torch
 from torchvision.models._utils import IntermediateLayerGetter
 
 from service.cli import main
+from trainers import features
 from trainers.config import TrialSpec, load_trial_spec
 from trainers.data import CocoDetection, load_datasets
 from trainers.feature_store import LOCK_FILE
@@ -291,7 +292,7 @@ def test_images_unlike_their_annotated_size_train_uncached_and_say_so(tiny_overr
 
 
 @pytest.mark.parametrize("damage", ["flip a byte", "truncate"])
-def test_a_corrupt_shard_is_rebuilt_not_read(tiny_overrides, capsys, damage):
+def test_a_corrupt_shard_is_rebuilt_not_read(tiny_overrides, capsys, damage, monkeypatch):
     spec = trial(tiny_overrides)
     train, val = load_datasets(spec.data)
     model = detector(spec)
@@ -303,6 +304,7 @@ def test_a_corrupt_shard_is_rebuilt_not_read(tiny_overrides, capsys, damage):
     if damage == "flip a byte":
         bad[len(good) // 2] ^= 0x40
     shard.write_bytes(bytes(bad))
+    monkeypatch.setattr(features, "PROGRESS_EVERY_S", 0.0)
     capsys.readouterr()
     cache, report = prepare_feature_cache(spec, model, train, val)
     err = capsys.readouterr().err
@@ -310,6 +312,9 @@ def test_a_corrupt_shard_is_rebuilt_not_read(tiny_overrides, capsys, damage):
         "checksum mismatch" if damage == "flip a byte" else f"{len(good) // 2} bytes, expected {len(good)}"
     )
     assert f"{shard}: {reason}: rebuilding it" in err and "built 1 shard(s)" in err
+    # A long build says how far it is (here after every batch of 16 of the 24 images).
+    assert f"building train flipped ({shard.name}): 24 images" in err
+    assert f"building train flipped ({shard.name}): 16/24 images (67 %)" in err
     assert report.bytes_built == len(good) and shard.read_bytes() == good  # rebuilt, bit for bit
 
 

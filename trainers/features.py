@@ -37,6 +37,7 @@ from trainers.models import FrostBackbone
 FORMAT_VERSION = 1
 DEFAULT_BUDGET_FRACTION = 0.25  # of the free disk under the cache root, when cache.budget_mb is unset
 BUILD_BATCH = 16
+PROGRESS_EVERY_S = 10.0  # a build logs how far it is at most this often
 
 
 def cache_root(home: Path | None = None) -> Path:
@@ -142,14 +143,35 @@ def _prefix_batches(model: nn.Module, dataset: CocoDetection, flip: bool, dtype:
         yield {name: value.to("cpu", getattr(torch, dtype)).numpy() for name, value in maps.items()}
 
 
+def _with_progress(batches: Iterator[dict], total: int, label: str) -> Iterator[dict]:
+    """The batches, logging `label: done/total images, rate, time left` at most every PROGRESS_EVERY_S."""
+    start = last = time.perf_counter()
+    done = 0
+    for batch in batches:
+        yield batch
+        done += len(next(iter(batch.values())))
+        now = time.perf_counter()
+        if now - last >= PROGRESS_EVERY_S and done < total:
+            rate = done / (now - start)
+            log.info(
+                "feature cache: %s",
+                f"{label}: {done}/{total} images ({100 * done / total:.0f} %), {rate:.1f} img/s, "
+                f"about {(total - done) / rate:.0f} s left",
+            )
+            last = now
+
+
 def build_shard(path: Path, key: dict[str, Any], model: nn.Module, dataset: CocoDetection) -> int:
     """Compute and write one shard; the model's mode and the global RNG are left exactly as they were."""
     was_training = model.training
     model.eval()  # the transform resizes to its test size (no random draw); frozen BN is in eval anyway
+    label = f"building {key['split']} {'flipped' if key['flip'] else 'unflipped'} ({path.name})"
+    log.info("feature cache: %s", f"{label}: {len(dataset)} images")
     try:
         with torch.random.fork_rng(devices=[]):
             batches = _prefix_batches(model, dataset, key["flip"], key["dtype"])
-            return write_shard(path, key, list(dataset.image_ids), batches)
+            progress = _with_progress(batches, len(dataset), label)
+            return write_shard(path, key, list(dataset.image_ids), progress)
     finally:
         model.train(was_training)
 
