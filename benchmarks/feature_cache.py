@@ -15,6 +15,7 @@ Targets (issue 12): cached / fine-tuned step <= 0.40 (R18) and <= 0.30 (R50); ca
 <= 0.5.
 
     python benchmarks/feature_cache.py [--images 128] [--epochs 2] [--sweep-epochs 6] [--concurrent 2]
+                                      [--sweep-repeats 3]
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ BACKBONES = ("resnet18", "resnet50")
 SWEEP = ("heads.box_fc=64", "heads.box_fc=128", "neck.extra_blocks=1", "heads.rpn_convs=2")
 
 
-def sweep(args: argparse.Namespace, tmp: Path, backbone: str, cached: bool) -> dict[str, float]:
+def sweep(args: argparse.Namespace, tmp: Path, backbone: str, cached: bool, repeat: int) -> dict[str, float]:
     """The SWEEP trials as a frost sweep runs them on this machine: `--concurrent` at a time, each a process
     with cores / concurrent threads (a Ray trial actor of `resources.cpus: 1` gets OMP_NUM_THREADS=1)."""
     from trainers.features import cache_root
@@ -103,7 +104,8 @@ def sweep(args: argparse.Namespace, tmp: Path, backbone: str, cached: bool) -> d
         while waiting and len(running) < args.concurrent:
             n, override = waiting.pop(0)
             print(f"{name} trial {n + 1}/{len(SWEEP)} ...", file=sys.stderr, flush=True)
-            command = [sys.executable, "-m", "service.cli", "train", "--out", str(tmp / f"sweep-{name}-{n}")]
+            out = tmp / f"sweep-{name}-{repeat}-{n}"  # a fresh trial directory: an old one would resume
+            command = [sys.executable, "-m", "service.cli", "train", "--out", str(out)]
             more = (override, f"backbone.name={backbone}", f"train.epochs={args.sweep_epochs}")
             for item in overrides(args, *more, f"cache.features={cached}"):
                 command += ["--set", item]
@@ -123,6 +125,11 @@ def sweep(args: argparse.Namespace, tmp: Path, backbone: str, cached: bool) -> d
     }
 
 
+def median_run(runs: list[dict[str, float]]) -> dict[str, float]:
+    """The run of median wall time (the lower middle one of an even count)."""
+    return sorted(runs, key=lambda run: run["wall"])[(len(runs) - 1) // 2]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=128, help="training images per epoch")
@@ -131,6 +138,7 @@ def main() -> None:
     )
     parser.add_argument("--sweep-epochs", type=int, default=6, help="epochs of each sweep trial")
     parser.add_argument("--concurrent", type=int, default=2, help="sweep trials at a time")
+    parser.add_argument("--sweep-repeats", type=int, default=3, help="sweeps per backbone and mode (median)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -138,7 +146,12 @@ def main() -> None:
         os.environ["FROST_OFFLINE"] = "1"
         start = time.perf_counter()
         rows = step_times(args, tmp)
-        sweeps = {bb: (sweep(args, tmp, bb, False), sweep(args, tmp, bb, True)) for bb in BACKBONES}
+        runs: dict[str, tuple[list, list]] = {bb: ([], []) for bb in BACKBONES}
+        for repeat in range(args.sweep_repeats):  # alternating: a busy spell of the machine hits both alike
+            for bb in BACKBONES:
+                runs[bb][0].append(sweep(args, tmp, bb, False, repeat))
+                runs[bb][1].append(sweep(args, tmp, bb, True, repeat))
+        sweeps = {bb: (median_run(uncached), median_run(cached)) for bb, (uncached, cached) in runs.items()}
         total = time.perf_counter() - start
 
     print(f"\nFaster R-CNN FPN, 128 px, batch 8, CPU, {args.images} train images x {args.epochs} epoch(s)")
@@ -154,7 +167,7 @@ def main() -> None:
     threads = max(1, (os.cpu_count() or 1) // args.concurrent)
     print(
         f"\nsweep of {len(SWEEP)} frozen trials x {args.sweep_epochs} epochs, {args.concurrent} at a time, "
-        f"{threads} thread(s) each (epoch s: a trial's mean)"
+        f"{threads} thread(s) each, median of {args.sweep_repeats} (epoch s: a trial's mean)"
     )
     print(
         f"{'sweep':<20} {'wall s':>8} {'epoch s':>8} {'build s':>8} {'cache MiB':>10} {'wall/uncached':>14}"
