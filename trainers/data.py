@@ -242,19 +242,19 @@ class CocoDetection(Dataset):
         pixels (building the cache checked every image's size against its annotation).
         """
         height, width = self.image_size(index)
-        target = {key: value.clone() for key, value in self._targets[self.image_ids[index]].items()}
-        return torch.zeros((), dtype=torch.uint8).expand(3, height, width), target
+        return torch.zeros((), dtype=torch.uint8).expand(3, height, width), self._target(index)
+
+    def _target(self, index: int) -> dict[str, torch.Tensor]:
+        return {key: value.clone() for key, value in self._targets[self.image_ids[index]].items()}
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        image_id = self.image_ids[index]
         path = self.image_path(index)
         try:
             with Image.open(path) as image:
                 tensor = pil_to_tensor(image.convert("RGB"))
         except (OSError, UnidentifiedImageError) as exc:
             raise FrostError(f"{path}: unreadable image ({exc})") from None
-        target = {key: value.clone() for key, value in self._targets[image_id].items()}
-        return tensor, target
+        return tensor, self._target(index)
 
 
 def _box_problem(bbox: object, width: float, height: float) -> str | None:

@@ -124,9 +124,9 @@ def _input_batches(model: nn.Module, dataset: CocoDetection, flip: bool) -> Iter
         images = []
         for index in range(start, min(start + BUILD_BATCH, len(dataset))):
             image, target = dataset[index]
-            if tuple(image.shape[-2:]) != dataset.image_size(index):
+            (height, width), (real_h, real_w) = dataset.image_size(index), image.shape[-2:]
+            if (real_h, real_w) != (height, width):
                 # Trials that read the cache never load the image again, only its annotated size.
-                (height, width), (real_h, real_w) = dataset.image_size(index), image.shape[-2:]
                 raise SizeMismatch(
                     f"{dataset.image_path(index)} is {real_w}x{real_h} but its annotation says {width}x{height}"
                 )

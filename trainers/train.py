@@ -280,7 +280,7 @@ def predict(
     loader: DataLoader[int] = DataLoader(
         range(len(dataset)) if indices is None else indices,  # type: ignore[arg-type]  # map-style datasets
         batch_size=spec.eval.batch_size,
-        collate_fn=lambda idx: collate([dataset[i] if cache is None else dataset.blank(i) for i in idx]),
+        collate_fn=lambda idx: _load_batch(dataset, [(i, False) for i in idx], pixels=cache is None)[:2],
         num_workers=spec.train.workers,
     )
     use_amp = spec.train.amp and device.type == "cuda"
