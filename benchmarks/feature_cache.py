@@ -21,10 +21,9 @@ Targets (issue 12): cached / fine-tuned step <= 0.40 (R18) and <= 0.30 (R50); ca
 from __future__ import annotations
 
 import argparse
-import json
+import multiprocessing
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -87,38 +86,48 @@ BACKBONES = ("resnet18", "resnet50")
 SWEEP = ("heads.box_fc=64", "heads.box_fc=128", "neck.extra_blocks=1", "heads.rpn_convs=2")
 
 
+def _worker_start(threads: int) -> None:
+    """A sweep worker: `threads` threads (a Ray trial actor of `resources.cpus: 1` has OMP_NUM_THREADS=1), its
+    frost log lines off the benchmark's output."""
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+    sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - the worker's whole life
+
+
+def _worker_trial(job: tuple[list[str], str]) -> dict[str, Any]:
+    items, out = job
+    from trainers.config import load_trial_spec
+    from trainers.train import run_trial
+
+    return run_trial(load_trial_spec(None, items), Path(out))
+
+
 def sweep(args: argparse.Namespace, tmp: Path, backbone: str, cached: bool, repeat: int) -> dict[str, float]:
-    """The SWEEP trials as a frost sweep runs them on this machine: `--concurrent` at a time, each a process
-    with cores / concurrent threads (a Ray trial actor of `resources.cpus: 1` gets OMP_NUM_THREADS=1)."""
+    """The SWEEP trials as a frost sweep runs them on this machine: `--concurrent` trial actors, each a fresh
+    process with cores / concurrent threads that runs one trial after another (Tune reuses a finished trial's
+    actor for the next pending one: `reuse_actors`), so only a worker's first trial pays the imports."""
     from trainers.features import cache_root
 
     shutil.rmtree(cache_root(), ignore_errors=True)  # part 1 built this key already: the sweep builds its own
-    threads = str(max(1, (os.cpu_count() or 1) // args.concurrent))
-    env = {**os.environ, "OMP_NUM_THREADS": threads, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    threads = max(1, (os.cpu_count() or 1) // args.concurrent)
     name = f"{backbone} sweep {'cached' if cached else 'uncached'}"
-    waiting = list(enumerate(SWEEP))
-    running: list[subprocess.Popen[str]] = []
-    results = []
+    jobs = []
+    for n, override in enumerate(SWEEP):
+        more = (override, f"backbone.name={backbone}", f"train.epochs={args.sweep_epochs}")
+        # a fresh trial directory per repeat: an old one would resume
+        jobs.append(
+            (overrides(args, *more, f"cache.features={cached}"), str(tmp / f"sweep-{name}-{repeat}-{n}"))
+        )
+    print(f"{name} ({len(jobs)} trials) ...", file=sys.stderr, flush=True)
     start = time.perf_counter()
-    while waiting or running:
-        while waiting and len(running) < args.concurrent:
-            n, override = waiting.pop(0)
-            print(f"{name} trial {n + 1}/{len(SWEEP)} ...", file=sys.stderr, flush=True)
-            out = tmp / f"sweep-{name}-{repeat}-{n}"  # a fresh trial directory: an old one would resume
-            command = [sys.executable, "-m", "service.cli", "train", "--out", str(out)]
-            more = (override, f"backbone.name={backbone}", f"train.epochs={args.sweep_epochs}")
-            for item in overrides(args, *more, f"cache.features={cached}"):
-                command += ["--set", item]
-            running.append(
-                subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            )
-        proc = running.pop(0)
-        out, err = proc.communicate()
-        if proc.returncode != 0:
-            sys.exit(f"{name}: frost train failed:\n{err[-2000:]}")
-        results.append(json.loads(out.strip().splitlines()[-1]))
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(args.concurrent, initializer=_worker_start, initargs=(threads,)) as pool:
+        results = pool.map(_worker_trial, jobs, chunksize=1)
+    wall = time.perf_counter() - start
     return {
-        "wall": time.perf_counter() - start,
+        "wall": wall,
         "build": sum(r["cache_build_s"] for r in results),
         "bytes": sum(r["cache_bytes"] for r in results),
         "epoch": sum(r["epoch_time_s"] for r in results) / len(results),

@@ -3,6 +3,8 @@ split and the refusal of copied samples."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -11,7 +13,7 @@ from sweeps.spec import SweepSpec
 from trainers.config import TrialSpec
 from trainers.errors import FrostError
 from trainers.identity import _without_speed_only, capacity_fields, capacity_key
-from trainers.measures import TrialMeasures
+from trainers.measures import TrialMeasures, current_rss_mb, peak_rss_mb, start_peak_rss
 from trainers.models import build_detector
 
 
@@ -84,6 +86,22 @@ def test_parameter_split_adds_up():
     assert metrics["trainable_share"] == pytest.approx(frozen.trainable_params / frozen.total_params)
     assert metrics["train_memory_mb"] == pytest.approx(100.0)
     assert metrics["device"] == "cpu" and metrics["peak_memory_mb"] == frozen.loaded_rss_mb + 100.0
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="no /proc/self/clear_refs (not Linux)")
+def test_a_trial_peak_rss_starts_at_the_trial_not_at_the_process():
+    """A process that ran a big trial before (Ray Tune's reuse_actors) does not lend it its peak."""
+    import numpy as np
+
+    block = np.ones(256 * 2**20 // 8)  # 256 MiB, touched
+    del block
+    assert peak_rss_mb() >= current_rss_mb() + 200
+    assert start_peak_rss()
+    base = current_rss_mb()
+    assert peak_rss_mb() < base + 50
+    block = np.ones(64 * 2**20 // 8)
+    assert peak_rss_mb() >= base + 60  # the new peak is measured again
+    del block
 
 
 def sweep(**fields) -> SweepSpec:

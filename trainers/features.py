@@ -138,9 +138,14 @@ def _input_batches(model: nn.Module, dataset: CocoDetection, flip: bool) -> Iter
 @torch.no_grad()
 def _prefix_batches(model: nn.Module, dataset: CocoDetection, flip: bool, dtype: str) -> Iterator[dict]:
     device = next(model.parameters()).device
+    # On the CPU a channels-last input makes every conv and pool of the prefix channels-last: 0.8 of the time
+    # (R18 and R50, 1 thread), the same maps to float32 rounding (far below the float16 they are stored in).
+    layout = torch.channels_last if device.type == "cpu" else torch.contiguous_format
     for inputs in _input_batches(model, dataset, flip):
-        maps = detector_parts(model)[1].forward_prefix(inputs.to(device))
-        yield {name: value.to("cpu", getattr(torch, dtype)).numpy() for name, value in maps.items()}
+        maps = detector_parts(model)[1].forward_prefix(inputs.to(device, memory_format=layout))
+        yield {
+            name: value.to("cpu", getattr(torch, dtype)).contiguous().numpy() for name, value in maps.items()
+        }
 
 
 def _with_progress(batches: Iterator[dict], total: int, label: str) -> Iterator[dict]:

@@ -3,8 +3,10 @@
 - `head_params`: trainable parameters outside the backbone body (neck, RPN, box head: what the freeze mode
   never touches); `body_params`: all parameters of the backbone body; `trainable_share`: trainable / total,
   the x-axis of Vasconcelos et al. (CVPR 2022).
-- `peak_memory_mb` (train.py) is the whole process's peak RSS on CPU, mostly the libraries; `train_memory_mb`
-  is that peak minus the RSS once the model and data are loaded: what training itself adds.
+- `peak_memory_mb` (train.py) is the process's peak RSS on CPU while the trial trains and evaluates, mostly
+  the libraries; `train_memory_mb` is that peak minus the RSS once the model and data are loaded: what
+  training itself adds. The peak is the trial's own even when a process runs several trials one after
+  another (Ray Tune's `reuse_actors`): `start_peak_rss` resets the kernel's high-water mark first.
 - A data-parallel trial's figures are the trial's, not one worker's (`across_workers`): throughput and memory
   summed over the workers, step and epoch times the slowest worker's, plus `peak_memory_mb_worker_max` and
   `workers`.
@@ -12,6 +14,9 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import os
 import resource
 from dataclasses import dataclass
@@ -35,6 +40,37 @@ def current_rss_mb() -> float:
         return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
     except (OSError, ValueError, IndexError):
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def start_peak_rss() -> bool:
+    """Make the process's peak RSS start from now: give freed heap back to the system (glibc), then reset
+    the kernel's high-water mark (Linux /proc/self/clear_refs "5"). False where that is not possible: the
+    peak then covers the whole process."""
+    gc.collect()
+    libc = ctypes.util.find_library("c")
+    if libc:
+        try:
+            ctypes.CDLL(libc).malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc
+            pass
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> float:
+    """The process's peak RSS since `start_peak_rss` (or since it started)."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 @dataclass(frozen=True)

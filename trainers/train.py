@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import random
-import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +44,7 @@ from trainers.evaluate import category_buckets, evaluate_detections, train_image
 from trainers.features import FeatureCache, detector_parts, prepare_feature_cache
 from trainers.federated import max_detections_of, resolve_protocol
 from trainers.logs import log
-from trainers.measures import TrialMeasures, across_workers
+from trainers.measures import TrialMeasures, across_workers, peak_rss_mb, start_peak_rss
 from trainers.models import build_detector, count_parameters
 from trainers.reporting import JsonLinesReporter, NullReporter, Reporter
 
@@ -143,11 +142,18 @@ def lr_factor(spec: TrialSpec, step: int, total_steps: int) -> float:
 
 
 # ---------------------------------------------------------------------------------------------- measuring
+def start_peak_memory(device: torch.device) -> None:
+    """From here on, `peak_memory_mb` is this trial's: a process may have run other trials before it."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # a previous trial's cached blocks would count against a shared GPU
+        torch.cuda.reset_peak_memory_stats(device)
+    start_peak_rss()
+
+
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    # ru_maxrss is in KiB on Linux: the process's peak resident set, the CPU analogue of max allocated.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak_rss_mb()  # the process's peak resident set, the CPU analogue of max allocated
 
 
 # ---------------------------------------------------------------------------------------------- epochs
@@ -424,6 +430,9 @@ def _open_trial_dir(spec: TrialSpec, out_dir: Path) -> None:
     refuse_failed_trial(out_dir)
 
 
+_trials_started = 0  # trials this process has started: Ray Tune's reuse_actors runs several in one process
+
+
 def run_trial(
     spec: TrialSpec,
     out_dir: Path,
@@ -439,7 +448,12 @@ def run_trial(
     CUDA device of each set by its caller), the trial trains data-parallel: `train.batch_size` is the
     global batch, rank 0 writes the trial's files, and every rank returns (and reports) the same metrics.
     The default reporter writes `metrics.jsonl` on rank 0 and nothing on the others.
+    Every epoch's metrics carry `trials_in_process`: 1 when the process started for this trial, n when it
+    ran n - 1 trials before (its imports and warm-up were paid by the first).
     """
+    global _trials_started
+    _trials_started += 1
+    in_process = _trials_started
     out_dir = Path(out_dir)
     world = World.current()
     world.on_main(lambda: _open_trial_dir(spec, out_dir))
@@ -475,10 +489,9 @@ def run_trial(
         f"{data.max_detections} per image; {world.size} worker(s), global batch {spec.train.batch_size}"
     )
 
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    start_peak_memory(device)
     for epoch in range(start_epoch, spec.train.epochs + 1):
-        metrics: dict[str, Any] = {"epoch": epoch}
+        metrics: dict[str, Any] = {"epoch": epoch, "trials_in_process": in_process}
         try:
             metrics.update(train_one_epoch(spec, learner, data.train, epoch, device, cache, world))
         except TrainingError as exc:  # raised on every rank at the same step (global_loss)

@@ -89,6 +89,19 @@ def test_mlflow_holds_one_parent_and_one_child_per_trial(sweep):
         assert run.data.tags["frost.cache_used"] == "true" and run.data.metrics["cache_used"] == 1.0
 
 
+def test_one_at_a_time_the_trials_share_one_reused_actor(sweep):
+    """reuse_actors: each trial runs in the process of the one before it, also after ASHA stopped that one
+    (its training thread blocked in tune.report is ended, then the next trial starts there)."""
+    summary = json.loads(sweep["stdout"].strip().splitlines()[-1])
+    client = MlflowClient(summary["tracking_uri"])
+    ordinals = sorted(
+        int(client.get_run(t["mlflow_run_id"]).data.metrics["trials_in_process"]) for t in summary["trials"]
+    )
+    assert ordinals == [1, 2, 3, 4]
+    stopped = [t for t in summary["trials"] if t["epochs"] < 3]
+    assert stopped and all(t["state"] == "TERMINATED" for t in summary["trials"])
+
+
 def test_same_name_with_another_spec_is_refused_with_a_diff(sweep, tmp_path, capsys):
     changed = {**TINY_SWEEP, "trial": {**TINY_SWEEP["trial"], "seed": 7}}
     spec = tmp_path / "changed.yaml"
