@@ -5,11 +5,12 @@ Part 1, per backbone (ResNet-18 and ResNet-50 FPN Faster R-CNN, 128 px, batch 8,
 timed apart; the first epoch's first steps pay one-time allocations, so `--epochs 2` measures the second). A
 throw-away trial first warms the process up (kernels, allocator) so the first mode measured is not penalised.
 Part 2, per backbone: a sweep of 4 frozen trials of one cache key (different heads), with and without the
-cache, run as frost runs a sweep on this machine: `--concurrent` trials at a time (default 2), each its own
-`frost train` process with cores / concurrent threads, as a Ray trial actor of `resources.cpus: 1` has
-(OMP_NUM_THREADS=1); the Ray and MLflow overhead of a real sweep is measured apart
-(benchmarks/service_overhead.py). The cached sweep's wall time includes building the cache: the first trial
-builds it under the key's lock while the other waits. Part 1 runs in-process (`run_trial`) with every core.
+cache, run as frost runs a sweep on this machine: `--concurrent` trial actors (default 2), each a process with
+cores / concurrent threads, as a Ray trial actor of `resources.cpus: 1` has (OMP_NUM_THREADS=1), that runs one
+trial after another (Tune's `reuse_actors`: only a worker's first trial pays the imports; the output shows this
+"worker start" apart, included in the walls); the Ray and MLflow overhead of a real sweep is measured apart
+(benchmarks/service_overhead.py). The cached sweep's wall time includes building the cache: the trials that
+start together build different shards of it at once. Part 1 runs in-process (`run_trial`) with every core.
 All on a private FROST_HOME, so the cache starts empty; `backbone.weights=none` (weights do not change speed).
 Targets (issue 12): cached / fine-tuned step <= 0.40 (R18) and <= 0.30 (R50); cached / uncached sweep wall
 <= 0.5.
@@ -104,6 +105,24 @@ def _worker_trial(job: tuple[list[str], str]) -> dict[str, Any]:
     return run_trial(load_trial_spec(None, items), Path(out))
 
 
+def _imports(_: int) -> float:
+    start = time.perf_counter()
+    import trainers.train  # noqa: F401
+
+    return time.perf_counter() - start
+
+
+def worker_start(args: argparse.Namespace) -> dict[str, float]:
+    """What a sweep worker pays once: the pool's start to its workers' imports done, and the imports alone."""
+    threads = max(1, (os.cpu_count() or 1) // args.concurrent)
+    start = time.perf_counter()
+    with multiprocessing.get_context("spawn").Pool(
+        args.concurrent, initializer=_worker_start, initargs=(threads,)
+    ) as pool:
+        imports = pool.map(_imports, range(args.concurrent), chunksize=1)
+    return {"wall": time.perf_counter() - start, "imports": max(imports)}
+
+
 def sweep(args: argparse.Namespace, tmp: Path, backbone: str, cached: bool, repeat: int) -> dict[str, float]:
     """The SWEEP trials as a frost sweep runs them on this machine: `--concurrent` trial actors, each a fresh
     process with cores / concurrent threads that runs one trial after another (Tune reuses a finished trial's
@@ -161,6 +180,7 @@ def main() -> None:
                 runs[bb][0].append(sweep(args, tmp, bb, False, repeat))
                 runs[bb][1].append(sweep(args, tmp, bb, True, repeat))
         sweeps = {bb: (median_run(uncached), median_run(cached)) for bb, (uncached, cached) in runs.items()}
+        started = worker_start(args)
         total = time.perf_counter() - start
 
     print(f"\nFaster R-CNN FPN, 128 px, batch 8, CPU, {args.images} train images x {args.epochs} epoch(s)")
@@ -176,7 +196,7 @@ def main() -> None:
     threads = max(1, (os.cpu_count() or 1) // args.concurrent)
     print(
         f"\nsweep of {len(SWEEP)} frozen trials x {args.sweep_epochs} epochs, {args.concurrent} at a time, "
-        f"{threads} thread(s) each, median of {args.sweep_repeats} (epoch s: a trial's mean)"
+        f"{threads} thread(s) each, reused, median of {args.sweep_repeats} (epoch s: a trial's mean)"
     )
     print(
         f"{'sweep':<20} {'wall s':>8} {'epoch s':>8} {'build s':>8} {'cache MiB':>10} {'wall/uncached':>14}"
@@ -187,6 +207,11 @@ def main() -> None:
                 f"{backbone + ' ' + name:<20} {row['wall']:>8.1f} {row['epoch']:>8.2f} {row['build']:>8.2f} "
                 f"{row['bytes'] / 2**20:>10.2f} {row['wall'] / uncached['wall']:>14.2f}"
             )
+
+    print(
+        f"worker start (in each sweep's wall): {started['wall']:.1f} s from the pool's start to its workers' "
+        f"imports done, of which imports {started['imports']:.1f} s"
+    )
 
     def verdict(value: float, target: float) -> str:
         return f"{value:.2f} (<= {target:.2f}: {'met' if value <= target else 'NOT met'})"

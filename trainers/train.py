@@ -12,6 +12,7 @@ share of every global batch, rank 0 writes the files, and every worker reports t
 
 from __future__ import annotations
 
+import gc
 import math
 import random
 import time
@@ -142,12 +143,14 @@ def lr_factor(spec: TrialSpec, step: int, total_steps: int) -> float:
 
 
 # ---------------------------------------------------------------------------------------------- measuring
-def start_peak_memory(device: torch.device) -> None:
-    """From here on, `peak_memory_mb` is this trial's: a process may have run other trials before it."""
+def start_peak_memory(device: torch.device, after_other_trials: bool) -> None:
+    """From here on, `peak_memory_mb` is this trial's: the process may have run other trials before it."""
+    if after_other_trials:
+        gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()  # a previous trial's cached blocks would count against a shared GPU
         torch.cuda.reset_peak_memory_stats(device)
-    start_peak_rss()
+    start_peak_rss(collect=False)
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -489,7 +492,7 @@ def run_trial(
         f"{data.max_detections} per image; {world.size} worker(s), global batch {spec.train.batch_size}"
     )
 
-    start_peak_memory(device)
+    start_peak_memory(device, after_other_trials=in_process > 1)
     for epoch in range(start_epoch, spec.train.epochs + 1):
         metrics: dict[str, Any] = {"epoch": epoch, "trials_in_process": in_process}
         try:
