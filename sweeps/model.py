@@ -82,6 +82,12 @@ class SweepSpec(_Strict):
     )
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     checkpoint_artifacts: bool = Field(False, description="log each trial's final checkpoint to MLflow")
+    reuse_actors: bool = Field(
+        True,
+        description="a finished or stopped trial's Ray actor (its process) runs the next pending trial, so "
+        "only the first trial of each pays the imports; false: a fresh process per trial. Data-parallel "
+        "trials (resources.workers_per_trial > 1) always get a fresh actor",
+    )
 
     @field_validator("name")
     @classmethod

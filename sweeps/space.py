@@ -136,15 +136,16 @@ def tune_config_kwargs(spec: SweepSpec, scheduler_state: str | Path | None = Non
     twice, so they are passed to TuneConfig only with FIFO (where they rank the results). To rank
     either way use `ranking(spec)` with ResultGrid.get_best_result.
 
-    One-worker trials reuse their actors: a finished (or early-stopped) trial's process runs the next pending
-    trial, so only an actor's first trial pays the imports (torch, torchvision: seconds per process) and
-    ASHA's many short trials stay cheap. Tune falls back to a new actor when the old trial's thread has not
-    ended within 2 s. A data-parallel trial's actor starts a Ray Train run, which is not reused."""
+    With `reuse_actors` (the default), one-worker trials reuse their actors: a finished (or early-stopped)
+    trial's process runs the next pending trial, so only an actor's first trial pays the imports (torch,
+    torchvision: seconds per process) and ASHA's many short trials stay cheap. Tune falls back to a new actor
+    when the old trial's thread has not ended within 2 s. A data-parallel trial's actor starts a Ray Train
+    run, which is not reused."""
     kwargs: dict[str, Any] = {
         "scheduler": build_scheduler(spec, scheduler_state),
         "num_samples": spec.samples,
         "max_concurrent_trials": spec.max_concurrent_trials,
-        "reuse_actors": spec.resources.workers_per_trial == 1,
+        "reuse_actors": spec.reuse_actors and spec.resources.workers_per_trial == 1,
     }
     if not isinstance(spec.scheduler, AshaSpec):
         kwargs["metric"], kwargs["mode"] = ranking(spec)

@@ -83,6 +83,9 @@ def test_tune_config_and_resources():
     fifo = tune_config_kwargs(sweep(samples=3))
     assert (fifo["metric"], fifo["mode"], fifo["num_samples"]) == ("AP", "max", 3)
     assert ranking(smoke) == ("AP", "max")
+    assert kwargs["reuse_actors"] and not tune_config_kwargs(sweep(reuse_actors=False))["reuse_actors"]
+    data_parallel = sweep(resources={"workers_per_trial": 2}, trial={"train": {"batch_size": 8}})
+    assert not tune_config_kwargs(data_parallel)["reuse_actors"]  # each trial's Ray Train run: a new actor
 
     assert resources(smoke) == {"cpu": 1, "gpu": 0}
     coco = load_sweep_spec(CATALOG / "coco.yaml")

@@ -146,7 +146,9 @@ def lr_factor(spec: TrialSpec, step: int, total_steps: int) -> float:
 def start_peak_memory(device: torch.device, after_other_trials: bool) -> None:
     """From here on, `peak_memory_mb` is this trial's: the process may have run other trials before it."""
     if after_other_trials:
-        gc.collect()
+        gc.collect()  # the previous trial's cycles; fast, as what existed before the first trial is frozen
+    else:
+        gc.freeze()  # the imports and the caller's objects: no later collection scans them again
     if device.type == "cuda":
         torch.cuda.empty_cache()  # a previous trial's cached blocks would count against a shared GPU
         torch.cuda.reset_peak_memory_stats(device)
