@@ -459,6 +459,9 @@ def run_trial(
     global _trials_started
     _trials_started += 1
     in_process = _trials_started
+    if in_process > 1:  # what the previous trial left: not part of this trial's baseline
+        gc.collect()
+        start_peak_rss(collect=False)
     out_dir = Path(out_dir)
     world = World.current()
     world.on_main(lambda: _open_trial_dir(spec, out_dir))
