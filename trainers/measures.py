@@ -42,13 +42,11 @@ def current_rss_mb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def start_peak_rss(collect: bool = True) -> bool:
-    """Make the process's peak RSS start from now: collect garbage (`collect`: a previous trial's cycles;
-    0.17 s with torch loaded, so not in a fresh process), give freed heap back to the system (glibc), then
-    reset the kernel's high-water mark (Linux /proc/self/clear_refs "5"). False where that is not possible:
-    the peak then covers the whole process."""
-    if collect:
-        gc.collect()
+def start_peak_rss() -> bool:
+    """Make the process's peak RSS start from now: collect garbage (a previous trial's cycles), give freed
+    heap back to the system (glibc), then reset the kernel's high-water mark (Linux /proc/self/clear_refs
+    "5"). False where that is not possible: the peak then covers the whole process."""
+    gc.collect()
     libc = ctypes.util.find_library("c")
     if libc:
         try:
