@@ -88,13 +88,21 @@ SWEEP = ("heads.box_fc=64", "heads.box_fc=128", "neck.extra_blocks=1", "heads.rp
 
 
 def _worker_start(threads: int) -> None:
-    """A sweep worker: `threads` threads (a Ray trial actor of `resources.cpus: 1` has OMP_NUM_THREADS=1), its
-    frost log lines off the benchmark's output."""
+    """A sweep worker: `threads` threads once torch is imported (a Ray trial actor of `resources.cpus: 1` has
+    OMP_NUM_THREADS=1), its frost log lines off the benchmark's output."""
     os.environ["OMP_NUM_THREADS"] = str(threads)
-    import torch
-
-    torch.set_num_threads(threads)
     sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - the worker's whole life
+
+
+def worker_threads(args: argparse.Namespace) -> int:
+    return max(1, (os.cpu_count() or 1) // args.concurrent)
+
+
+def worker_pool(args: argparse.Namespace) -> Any:
+    """`--concurrent` fresh worker processes sharing the cores: what a sweep's trial actors are."""
+    return multiprocessing.get_context("spawn").Pool(
+        args.concurrent, initializer=_worker_start, initargs=(worker_threads(args),)
+    )
 
 
 def _worker_trial(job: tuple[list[str], str]) -> dict[str, Any]:
@@ -114,11 +122,8 @@ def _imports(_: int) -> float:
 
 def worker_start(args: argparse.Namespace) -> dict[str, float]:
     """What a sweep worker pays once: the pool's start to its workers' imports done, and the imports alone."""
-    threads = max(1, (os.cpu_count() or 1) // args.concurrent)
     start = time.perf_counter()
-    with multiprocessing.get_context("spawn").Pool(
-        args.concurrent, initializer=_worker_start, initargs=(threads,)
-    ) as pool:
+    with worker_pool(args) as pool:
         imports = pool.map(_imports, range(args.concurrent), chunksize=1)
     return {"wall": time.perf_counter() - start, "imports": max(imports)}
 
@@ -130,7 +135,6 @@ def sweep(args: argparse.Namespace, tmp: Path, backbone: str, cached: bool, repe
     from trainers.features import cache_root
 
     shutil.rmtree(cache_root(), ignore_errors=True)  # part 1 built this key already: the sweep builds its own
-    threads = max(1, (os.cpu_count() or 1) // args.concurrent)
     name = f"{backbone} sweep {'cached' if cached else 'uncached'}"
     jobs = []
     for n, override in enumerate(SWEEP):
@@ -141,8 +145,7 @@ def sweep(args: argparse.Namespace, tmp: Path, backbone: str, cached: bool, repe
         )
     print(f"{name} ({len(jobs)} trials) ...", file=sys.stderr, flush=True)
     start = time.perf_counter()
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(args.concurrent, initializer=_worker_start, initargs=(threads,)) as pool:
+    with worker_pool(args) as pool:
         results = pool.map(_worker_trial, jobs, chunksize=1)
     wall = time.perf_counter() - start
     return {
@@ -193,7 +196,7 @@ def main() -> None:
             f"{name:<24} {row['step']:>8.3f} {row['epoch']:>8.2f} {row['build']:>8.2f} "
             f"{row['bytes'] / 2**20:>10.2f} {row['step'] / base:>8.2f}"
         )
-    threads = max(1, (os.cpu_count() or 1) // args.concurrent)
+    threads = worker_threads(args)
     print(
         f"\nsweep of {len(SWEEP)} frozen trials x {args.sweep_epochs} epochs, {args.concurrent} at a time, "
         f"{threads} thread(s) each, reused, median of {args.sweep_repeats} (epoch s: a trial's mean)"

@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import gc
 import os
 import resource
@@ -42,17 +41,21 @@ def current_rss_mb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def start_peak_rss() -> bool:
-    """Make the process's peak RSS start from now: collect garbage (a previous trial's cycles), give freed
-    heap back to the system (glibc), then reset the kernel's high-water mark (Linux /proc/self/clear_refs
-    "5"). False where that is not possible: the peak then covers the whole process."""
+def release_heap() -> None:
+    """Collect garbage (a previous trial's cycles) and give freed heap back to the system (glibc's
+    malloc_trim; nothing elsewhere), so the RSS is what is alive now."""
     gc.collect()
-    libc = ctypes.util.find_library("c")
-    if libc:
-        try:
-            ctypes.CDLL(libc).malloc_trim(0)
-        except (OSError, AttributeError):  # not glibc
-            pass
+    try:
+        ctypes.CDLL(None).malloc_trim(0)  # the process's own symbols: libc is among them on Linux
+    except (OSError, AttributeError, TypeError):  # not glibc, or no dynamic symbols
+        pass
+
+
+def start_peak_rss() -> bool:
+    """Make the process's peak RSS start from now: `release_heap`, then reset the kernel's high-water mark
+    (Linux /proc/self/clear_refs "5"). False where that is not possible: the peak then covers the whole
+    process."""
+    release_heap()
     try:
         with open("/proc/self/clear_refs", "w") as handle:
             handle.write("5")

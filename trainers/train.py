@@ -45,7 +45,7 @@ from trainers.evaluate import category_buckets, evaluate_detections, train_image
 from trainers.features import FeatureCache, detector_parts, prepare_feature_cache
 from trainers.federated import max_detections_of, resolve_protocol
 from trainers.logs import log
-from trainers.measures import TrialMeasures, across_workers, peak_rss_mb, start_peak_rss
+from trainers.measures import TrialMeasures, across_workers, peak_rss_mb, release_heap, start_peak_rss
 from trainers.models import build_detector, count_parameters
 from trainers.reporting import JsonLinesReporter, NullReporter, Reporter
 
@@ -460,7 +460,7 @@ def run_trial(
         # collection with torch loaded takes 0.17 s; after this, milliseconds). Nothing of a trial is frozen.
         gc.freeze()
     else:
-        start_peak_rss()  # what the previous trial left is collected and trimmed: not this trial's baseline
+        release_heap()  # what the previous trial left is not part of this trial's baseline
     out_dir = Path(out_dir)
     world = World.current()
     world.on_main(lambda: _open_trial_dir(spec, out_dir))
