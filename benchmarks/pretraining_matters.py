@@ -20,9 +20,10 @@ import torch
 
 from trainers.config import TrialSpec
 from trainers.data import load_datasets
+from trainers.engine import predict
 from trainers.evaluate import category_buckets, evaluate_detections, train_image_counts
 from trainers.models import build_detector
-from trainers.train import predict, seed_everything
+from trainers.train import seed_everything
 
 ROWS = {
     "frozen, builtin weights (default)": [],

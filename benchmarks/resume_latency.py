@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from trainers.train import read_attempts
+from trainers.checkpoints import read_attempts
 
 SWEEP = {
     "name": "resume-latency",

@@ -3,7 +3,7 @@
 Every frost line goes through `logging.getLogger("frost")` and reads `frost: message` on stderr. Ray's own
 console output (Tune's status table, worker lines such as "Checkpoint successfully created") is not shown by
 default: it goes to the sweep's log file (`sweeps/NAME/driver.log`) and `frost run --verbose` brings it back
-(service/runtime.py decides where it goes).
+(service/cluster/runtime.py decides where it goes).
 """
 
 from __future__ import annotations

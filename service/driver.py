@@ -2,8 +2,8 @@
 
 It wires the parts that each answer one question:
 - service/project.py: the sweep's folder, its one-driver lock, the `--force` archive;
-- service/trainable.py: what runs inside a Tune worker (one trial);
-- service/runtime.py: starting or attaching to Ray, SIGTERM, where Ray's output goes;
+- service/workers/trainable.py: what runs inside a Tune worker (one trial);
+- service/cluster/runtime.py: starting or attaching to Ray, SIGTERM, where Ray's output goes;
 - service/tracking/: MLflow, one run per trial (a Tune callback; the driver is the single writer);
 - service/status.py and service/results.py: the sweep as its storage tells it, typed.
 """
@@ -18,22 +18,22 @@ from typing import Any
 
 from ray import tune
 
-from service.console import configure_logging, print_summary
-from service.live import LiveView
-from service.plots import plot_sweep
-from service.project import SPEC_FILE, check_private, check_same_spec, project_root, sweep_lock
-from service.results import FATE_STATE, SweepSummary, TrialRow, best_value
-from service.runtime import (
+from service.cluster.runtime import (
     check_cluster,
     check_trials_fit,
     library_logs_to,
     ray_session,
     sigterm_stops_gracefully,
 )
+from service.console import configure_logging, print_summary
+from service.live import LiveView
+from service.plots import plot_sweep
+from service.project import SPEC_FILE, check_private, check_same_spec, project_root, sweep_lock
+from service.results import FATE_STATE, SweepSummary, TrialRow, best_value
 from service.status import TRACKING_FILE, sweep_status
 from service.tracking.callback import MlflowTrackingCallback
 from service.tracking.uris import default_tracking_uri, embedded_artifact_root, mlflow_ui_command
-from service.trainable import frost_trainable, trial_epochs, trial_identity
+from service.workers.trainable import frost_trainable, trial_epochs, trial_identity
 from sweeps.asha_state import STATE_FILE as ASHA_STATE_FILE
 from sweeps.space import (
     param_space,
@@ -163,7 +163,7 @@ def prepare_inputs(spec: SweepSpec) -> None:
     to generate data or pretrain the same classifier.
     """
     from trainers.data import load_datasets
-    from trainers.pretrain import ensure_builtin_classifier
+    from trainers.synth.pretrain import ensure_builtin_classifier
 
     seen_data: set[str] = set()
     seen_weights: set[str] = set()

@@ -7,7 +7,7 @@ import os
 import pytest
 
 # Every Ray runtime the tests start (in this process or in the `frost` processes it spawns) listens on
-# 127.0.0.1 only; Ray reads this once, on import (service/loopback.py says why).
+# 127.0.0.1 only; Ray reads this once, on import (service/cluster/loopback.py says why).
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
 from tiny_trial import TINY_TRIAL  # noqa: E402  (after the Ray setting above)

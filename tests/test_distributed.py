@@ -24,8 +24,9 @@ from tiny_trial import TINY_TRIAL
 
 from trainers.checkpoints import CHECKPOINT_FILE, checkpoint_dirs, read_attempts
 from trainers.config import load_trial_spec
-from trainers.features import detector_parts, prepare_feature_cache
-from trainers.train import _Data, _Learner, predict, run_trial
+from trainers.engine import Learner, TrialData, predict
+from trainers.features import prepare_feature_cache
+from trainers.train import run_trial
 
 CPU = torch.device("cpu")
 LOSS_REL_TOLERANCE = 0.02  # measured: 0.06 %, 0.36 %, 0.07 % (seeds 0, 1, 2)
@@ -90,11 +91,10 @@ def test_evaluation_sees_every_image_once(runs, tiny_trial):
     """The gathered detections are exactly what one process predicts with the same weights."""
     root, _, _ = runs
     gathered = json.loads((root / "two/eval/epoch-0002/detections.json").read_text())
-    data = _Data.load(tiny_trial)
-    learner = _Learner.build(tiny_trial, data, CPU)
+    data = TrialData.load(tiny_trial)
+    learner = Learner.build(tiny_trial, data, CPU)
     learner.load(torch.load(checkpoint_dirs(root / "two")[-1] / CHECKPOINT_FILE, weights_only=True))
     cache, _ = prepare_feature_cache(tiny_trial, learner.model, data.train, data.val)
-    detector_parts(learner.model)[1].prefix_source = cache
     alone = predict(tiny_trial, learner.model, data.val, CPU, cache)
     assert len(gathered) == len(alone) > 0
     assert [d["image_id"] for d in gathered] == [d["image_id"] for d in alone]

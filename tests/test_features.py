@@ -119,14 +119,10 @@ def test_cached_features_equal_a_live_forward(tiny_overrides, detector_name, fre
                 backbone.forward_body(inputs),
                 backbone(inputs),
             )
-            cache.select(split, ids, [flip] * 3)
-            cached_prefix = cache(inputs)
-            backbone.prefix_source = cache
-            cache.select(split, ids, [flip] * 3)
-            cached_body = backbone.forward_body(inputs)
-            cache.select(split, ids, [flip] * 3)
-            cached_pyramid = backbone(inputs)
-            backbone.prefix_source = None
+            read = cache.read(split, ids, [flip] * 3)
+            cached_prefix = read(inputs)
+            cached_body = backbone.forward_body(inputs, read)
+            cached_pyramid = backbone(inputs, read)
         assert list(cached_prefix) == list(live_prefix) and list(cached_body) == list(live_body)
         for name in live_prefix:  # what the cache stores: float16 rounding of the live features
             torch.testing.assert_close(cached_prefix[name], live_prefix[name], **FP16_TOLERANCE)

@@ -82,7 +82,7 @@ def test_parameter_split_adds_up():
     )
     assert tuned.head_params == frozen.head_params  # freezing never touches the head
     assert tuned.trainable_params == tuned.total_params
-    metrics = frozen.epoch_metrics(peak_memory_mb=frozen.loaded_rss_mb + 100.0)
+    metrics = frozen.epoch_metrics(peak=frozen.loaded_rss_mb + 100.0)
     assert metrics["trainable_share"] == pytest.approx(frozen.trainable_params / frozen.total_params)
     assert metrics["train_memory_mb"] == pytest.approx(100.0)
     assert metrics["device"] == "cpu" and metrics["peak_memory_mb"] == frozen.loaded_rss_mb + 100.0

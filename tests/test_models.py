@@ -21,10 +21,9 @@ from trainers.models import (
     FrostBackbone,
     build_detector,
     count_parameters,
-    imagenet_weights_file,
-    load_classifier_state,
     trainable_parameters,
 )
+from trainers.weights import imagenet_weights_file, load_classifier_state
 
 K = 3  # foreground classes
 

@@ -8,7 +8,7 @@ import torchvision
 
 from service.cli import main
 from trainers.errors import FrostError
-from trainers.pretrain import (
+from trainers.synth.pretrain import (
     PretrainSpec,
     builtin_weights_path,
     ensure_builtin_classifier,
@@ -110,7 +110,7 @@ def test_cli_bad_override_exits_2(tmp_path, capsys):
 @pytest.mark.integration
 def test_concurrent_callers_pretrain_once(tmp_path):
     code = (
-        "from trainers.pretrain import ensure_classifier, load_pretrain_spec; "
+        "from trainers.synth.pretrain import ensure_classifier, load_pretrain_spec; "
         "print(ensure_classifier(load_pretrain_spec('resnet18', "
         "['classes=3', 'train_images=96', 'val_images=12', 'epochs=2'])))"
     )

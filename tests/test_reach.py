@@ -1,5 +1,5 @@
-"""Fail fast on an unreachable cluster (service/reach.py) and the warning before a token goes out in clear
-(service/jobs.py). Loopback only: nothing here sends a packet to any other address."""
+"""Fail fast on an unreachable cluster (service/cluster/reach.py) and the warning before a token goes out in clear
+(service/cluster/jobs.py). Loopback only: nothing here sends a packet to any other address."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from contextlib import redirect_stderr, redirect_stdout
 
 import pytest
 
-import service.jobs as jobs
+import service.cluster.jobs as jobs
 from service.cli import main
-from service.jobs import token_in_clear, warn_token_in_clear
-from service.reach import check_reachable, split_address
+from service.cluster.jobs import token_in_clear, warn_token_in_clear
+from service.cluster.reach import check_reachable, split_address
 from trainers.errors import FrostError
 
 TOKEN_WARNING = "frost: warning: sending the Ray auth token over plain http://"

@@ -11,9 +11,9 @@ from pycocotools.coco import COCO
 from service.cli import main
 from trainers.config import DataSpec, SynthSpec
 from trainers.errors import FrostError
-from trainers.synth import ensure_synth_dataset, write_detection_dataset
-from trainers.synth_kinds import catalogue, detection_classes
-from trainers.synth_render import render_crop, render_scene
+from trainers.synth.dataset import ensure_synth_dataset, write_detection_dataset
+from trainers.synth.kinds import catalogue, detection_classes
+from trainers.synth.render import render_crop, render_scene
 
 SMALL = SynthSpec(train_images=24, val_images=8, classes=6)
 
@@ -133,7 +133,7 @@ def test_ensure_refuses_a_foreign_root(tmp_path):
 @pytest.mark.integration
 def test_concurrent_callers_generate_once(tmp_path):
     code = (
-        "from trainers.config import DataSpec, SynthSpec; from trainers.synth import ensure_synth_dataset; "
+        "from trainers.config import DataSpec, SynthSpec; from trainers.synth.dataset import ensure_synth_dataset; "
         "print(ensure_synth_dataset(DataSpec(synth=SynthSpec(train_images=40, val_images=8, classes=6))))"
     )
     env = {**os.environ, "FROST_HOME": str(tmp_path)}

@@ -5,10 +5,12 @@ import torch
 from reporters import Interrupt, StopAfter
 
 from service.cli import main
+from trainers.checkpoints import CHECKPOINT_FILE, checkpoint_dirs, read_attempts
 from trainers.config import load_trial_spec
+from trainers.engine import lr_factor
 from trainers.errors import FrostError, TrainingError
 from trainers.reporting import ReplayingReporter
-from trainers.train import CHECKPOINT_FILE, checkpoint_dirs, lr_factor, read_attempts, run_trial
+from trainers.train import run_trial
 
 CONTRACT_KEYS = {
     "AP", "AP50", "AP_r", "AP_c", "AP_f", "trainable_params", "total_params",

@@ -35,7 +35,7 @@ class _Section(BaseModel):
 
 
 class SynthSpec(_Section):
-    """The built-in long-tail detection data (see trainers/synth.py)."""
+    """The built-in long-tail detection data (see trainers/synth/dataset.py)."""
 
     seed: int = 0
     train_images: int = Field(320, ge=1)
@@ -45,7 +45,7 @@ class SynthSpec(_Section):
     max_objects: int = Field(4, ge=1, le=32)
     zipf: float = Field(1.5, gt=0, description="power-law exponent of class frequencies")
     version: Literal[1] = Field(
-        1, description="generator version: bumped when trainers/synth.py draws differently (new cache)"
+        1, description="generator version: bumped when trainers/synth/dataset.py draws differently (new cache)"
     )
     format: Literal["coco", "lvis"] = Field(
         "coco",

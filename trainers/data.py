@@ -282,7 +282,7 @@ def category_map(coco: COCO, source: Path | str = "annotations") -> CategoryMap:
 def load_datasets(data: DataSpec) -> tuple[CocoDetection, CocoDetection]:
     """Train and val splits of the spec's dataset (generating the built-in one on first use)."""
     if data.source == "synth":
-        from trainers.synth import ensure_synth_dataset
+        from trainers.synth.dataset import ensure_synth_dataset
 
         root = ensure_synth_dataset(data)
     else:

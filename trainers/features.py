@@ -212,25 +212,32 @@ class CacheReport:
 
 
 class FeatureCache:
-    """The backbone's `prefix_source`: the cached maps of the batch named by the last `select`."""
+    """The cached frozen-prefix maps of a trial's key, by (split, flipped): `read` one batch's."""
 
     def __init__(self, shards: dict[tuple[str, bool], Shard]) -> None:
         self.shards = shards
-        self._selected: tuple[str, list[int], list[bool]] | None = None
 
-    def select(self, split: str, image_ids: list[int], flips: list[bool]) -> None:
-        self._selected = (split, image_ids, flips)
+    def read(self, split: str, image_ids: list[int], flips: list[bool]) -> CachedPrefix:
+        """The maps of these images (in this order, each flipped or not): the input of one forward."""
+        return CachedPrefix(self, split, image_ids, flips)
+
+
+@dataclass(frozen=True)
+class CachedPrefix:
+    """One batch's frozen-prefix maps, as `forward_prefix` would compute them. Called with the batch the body
+    would have seen: its size and input shape must be the cached ones (never hand out another batch's maps)."""
+
+    cache: FeatureCache
+    split: str
+    image_ids: list[int]
+    flips: list[bool]
 
     def __call__(self, x: Tensor) -> OrderedDict[str, Tensor]:
-        if self._selected is None:  # a forward nobody selected features for: never hand out stale ones
-            raise RuntimeError("feature cache: forward without a selected batch")
-        split, image_ids, flips = self._selected
-        self._selected = None
-        if x.shape[0] != len(image_ids):
-            raise RuntimeError(f"feature cache: batch of {x.shape[0]} images, {len(image_ids)} selected")
+        if x.shape[0] != len(self.image_ids):
+            raise RuntimeError(f"feature cache: batch of {x.shape[0]} images, {len(self.image_ids)} read")
         rows = []
-        for image_id, flip in zip(image_ids, flips):
-            shard = self.shards[(split, flip)]
+        for image_id, flip in zip(self.image_ids, self.flips):
+            shard = self.cache.shards[(self.split, flip)]
             if list(x.shape[-2:]) != shard.header["key"]["input_size"]:
                 raise RuntimeError(
                     f"feature cache: input {tuple(x.shape[-2:])} but cached for {shard.header['key']['input_size']}"
@@ -241,6 +248,23 @@ class FeatureCache:
             (name, torch.from_numpy(np.stack([row[name] for row in rows])).to(x.device, x.dtype))
             for name in names
         )
+
+
+def forward_detector(
+    detector: nn.Module,
+    images: list[Tensor],
+    targets: list[dict[str, Tensor]] | None = None,
+    prefix: CachedPrefix | None = None,
+) -> Any:
+    """The detector's forward (losses in training, detections in eval), its backbone's frozen prefix read
+    from `prefix` when given. `detector` may be wrapped (DistributedDataParallel): the backbone is the
+    wrapped module's. torchvision's detectors call `backbone(images.tensors)` with nothing else, so the
+    prefix waits on the backbone for this one call (`FrostBackbone.reading`)."""
+    if prefix is None:
+        return detector(images, targets)
+    inner = detector.module if isinstance(detector, nn.parallel.DistributedDataParallel) else detector
+    with detector_parts(inner)[1].reading(prefix):
+        return detector(images, targets)
 
 
 def cache_refusal(spec: TrialSpec, model: nn.Module, datasets: list[CocoDetection]) -> str | None:

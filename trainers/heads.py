@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -20,8 +20,13 @@ from trainers.config import TrialSpec
 from trainers.neck import NormFactory, norm_factory
 from trainers.roi_align import MultiScaleRoIAlign
 
-if TYPE_CHECKING:
-    from trainers.models import FrostBackbone
+
+class FrostBackbone(Protocol):
+    """What the heads need of a backbone (trainers/models.py FrostBackbone): its pyramid's width and strides.
+    A Protocol, so this module does not import models.py (which builds the heads from here)."""
+
+    out_channels: int
+    level_strides: list[int]
 
 
 def head_tower(channels: int, depth: int, norm: NormFactory | None) -> nn.Sequential:
@@ -125,7 +130,7 @@ def _fcos(spec: TrialSpec, backbone: FrostBackbone, num_classes: int) -> FCOS:
     return FCOS(backbone, num_classes + 1, **_dense_options(spec, anchors, head))
 
 
-DETECTORS: dict[str, Callable[[TrialSpec, FrostBackbone, int], nn.Module]] = {
+BUILDERS: dict[str, Callable[[TrialSpec, FrostBackbone, int], nn.Module]] = {  # by config.DETECTORS name
     "faster_rcnn": _faster_rcnn,
     "retinanet": _retinanet,
     "fcos": _fcos,

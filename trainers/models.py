@@ -23,8 +23,8 @@ returns the trunk's multi-scale features (an OrderedDict "0", "1", ... fine to c
 `forward_neck(features)` turns them into the pyramid the heads read ("0", "1", ..., then "pool" for Faster
 R-CNN or "p6", "p7" for RetinaNet / FCOS). The body splits once more at its *cut point*, the last frozen
 child: `forward_prefix(x)` runs the fixed part (stem and frozen stages, all of it when `frozen`), and
-`forward_suffix(prefix)` the trainable stages (none when `frozen`). With `prefix_source` set, the prefix's
-outputs come from the feature cache (trainers/features.py, docs/feature-cache.md) instead of being computed.
+`forward_suffix(prefix)` the trainable stages (none when `frozen`). Given a `prefix` (the batch's maps read
+from the feature cache: trainers/features.py, docs/feature-cache.md), the prefix's outputs are read, not computed.
 
 Optimizer: frozen parameters have requires_grad False; `trainable_parameters(model)` lists the others (the
 trainer filters on requires_grad the same way). `count_parameters` counts nn.Parameters only, so the
@@ -33,8 +33,9 @@ FrozenBatchNorm2d buffers are in neither count.
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from torch import Tensor, nn
 from torchvision.models._utils import IntermediateLayerGetter
@@ -42,23 +43,16 @@ from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxP
 
 from trainers.config import BackboneSpec, TrialSpec
 from trainers.errors import FrostError
-from trainers.heads import DETECTORS
+from trainers.heads import BUILDERS
 from trainers.neck import FrostNeck, norm_factory
 from trainers.trunks import build_classifier, layout_of
-from trainers.weights import imagenet_weights_file, load_classifier_state, load_trunk
+from trainers.weights import load_classifier_state, load_trunk
 
 CUT_OUTPUT = "cut"  # forward_prefix's name for the last frozen output when no returned stage is that output
+# The frozen prefix's maps of one batch, read rather than computed: called with the batch the body would have
+# seen (to check its shape), it returns what `forward_prefix` would have (trainers/features.py CachedPrefix).
+PrefixSource = Callable[[Tensor], "OrderedDict[str, Tensor]"]
 
-__all__ = [  # tests and benchmarks import these from here
-    "FrostBackbone",
-    "build_backbone",
-    "build_detector",
-    "count_parameters",
-    "freeze_backbone",
-    "imagenet_weights_file",
-    "load_classifier_state",
-    "trainable_parameters",
-]
 
 
 # ------------------------------------------------------------------------------------------- backbone
@@ -82,14 +76,27 @@ class FrostBackbone(nn.Module):
         self.stage_modules = stages
         self.level_strides = strides  # stride of every pyramid level, extra levels included
         self.frozen_modules: list[str] = []
-        # Set by the trainer when the frozen prefix's outputs come from the feature cache (trainers/features.py):
-        # called with the batch the body would have seen, it returns what `forward_prefix` would have.
-        self.prefix_source: Callable[[Tensor], OrderedDict[str, Tensor]] | None = None
+        # The prefix handed to the current detector forward (`reading`): torchvision's detectors call
+        # `backbone(images.tensors)` with nothing else, so the one forward's input waits here, for that call only.
+        self._reading: PrefixSource | None = None
 
-    def forward_body(self, x: Tensor) -> OrderedDict[str, Tensor]:
-        if self.prefix_source is not None:
-            return self.forward_suffix(self.prefix_source(x))
+    def forward_body(self, x: Tensor, prefix: PrefixSource | None = None) -> OrderedDict[str, Tensor]:
+        """The trunk's maps of `x`; with `prefix` (called with `x`, it returns what `forward_prefix(x)` would),
+        only the trainable stages run."""
+        prefix = prefix or self._reading
+        if prefix is not None:
+            return self.forward_suffix(prefix(x))
         return self.body(x)
+
+    @contextlib.contextmanager
+    def reading(self, prefix: PrefixSource) -> Iterator[None]:
+        """During one detector forward, the body's prefix comes from `prefix` (trainers/features.py
+        `forward_detector`); afterwards the backbone computes it again."""
+        self._reading = prefix
+        try:
+            yield
+        finally:
+            self._reading = None
 
     @property
     def cut_point(self) -> str | None:
@@ -163,8 +170,8 @@ class FrostBackbone(nn.Module):
     def forward_neck(self, features: OrderedDict[str, Tensor]) -> OrderedDict[str, Tensor]:
         return self.neck(features)
 
-    def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
-        return self.forward_neck(self.forward_body(x))
+    def forward(self, x: Tensor, prefix: PrefixSource | None = None) -> OrderedDict[str, Tensor]:
+        return self.forward_neck(self.forward_body(x, prefix))
 
     @property
     def body_frozen(self) -> bool:
@@ -244,7 +251,7 @@ def build_detector(spec: TrialSpec, num_classes: int) -> nn.Module:
         raise FrostError(f"the dataset has no foreground classes (num_classes={num_classes})")
     state = load_classifier_state(spec.backbone.name, spec.backbone.weights, spec.backbone.weights_sha256)
     backbone = build_backbone(spec, state)
-    return DETECTORS[spec.detector](spec, backbone, num_classes)
+    return BUILDERS[spec.detector](spec, backbone, num_classes)
 
 
 # ---------------------------------------------------------------------------------------------- helpers

@@ -34,7 +34,7 @@ def check_sha256(path: Path, expected: str | None) -> None:
 def load_classifier_state(backbone: str, weights: str, sha256: str | None = None) -> dict[str, Tensor] | None:
     """Resolve `backbone.weights` to the trunk's state_dict (classifier head dropped), or None for random init.
 
-    `none` | `builtin` (offline-pretrained, trainers.pretrain) | `imagenet` (torchvision's published weights,
+    `none` | `builtin` (offline-pretrained, trainers.synth.pretrain) | `imagenet` (torchvision's published weights,
     from the torch.hub cache; downloaded unless FROST_OFFLINE=1) | a path, file:// or http(s):// URI of a
     classifier checkpoint (plain state_dict, or a dict with "state_dict"/"model" and optionally "arch").
     """
@@ -42,7 +42,7 @@ def load_classifier_state(backbone: str, weights: str, sha256: str | None = None
     if weights == "none":
         return None
     if weights == "builtin":
-        from trainers.pretrain import ensure_builtin_classifier  # lazy: pretraining pulls in data code
+        from trainers.synth.pretrain import ensure_builtin_classifier  # lazy: pretraining pulls in data code
 
         path = Path(ensure_builtin_classifier(backbone))
         return _trunk_state(backbone, read_checkpoint(path), str(path))

@@ -260,8 +260,8 @@ class MlflowTrackingCallback(tune.Callback):
 
     def _log_trial_artifacts(self, trial: Any) -> None:
         """per_class_ap.csv, trial.yaml, curves.png, predictions.png into the trial's run, through the outbox
-        (service/trial_artifacts.py). Never fails the sweep: a trial without them is still a trial."""
-        from service.trial_artifacts import stage_trial_artifacts
+        (service/tracking/artifacts.py). Never fails the sweep: a trial without them is still a trial."""
+        from service.tracking.artifacts import stage_trial_artifacts
 
         sweep_dir = self.state_path.parent
         staging = sweep_dir / "mlflow-staging" / "trial-artifacts" / trial.trial_id

@@ -118,7 +118,7 @@ def newest_epochs(trials_dir: Path) -> dict[str, int]:
 
 def started_trials(trials_dir: Path) -> set[str]:
     """Trials that began training (their attempt is recorded), by directory name."""
-    from trainers.train import read_attempts
+    from trainers.checkpoints import read_attempts
 
     return {t.name for t in trials_dir.iterdir() if read_attempts(t)} if trials_dir.is_dir() else set()
 

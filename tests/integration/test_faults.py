@@ -12,7 +12,7 @@ import pytest
 import yaml
 from helpers import frost, newest_epochs, sigkill, tiny_sweep, tracked_once, wait_until
 
-from trainers.train import read_attempts
+from trainers.checkpoints import read_attempts
 
 pytestmark = pytest.mark.integration
 

@@ -23,8 +23,8 @@ from helpers import free_port, tiny_sweep
 from mlflow.tracking import MlflowClient
 
 from service.cli import main
-from service.jobs import auth_token, connect, wait_for_job
-from service.reach import TOKEN_HELP, check_reachable
+from service.cluster.jobs import auth_token, connect, wait_for_job
+from service.cluster.reach import TOKEN_HELP, check_reachable
 from service.tracking.uris import default_tracking_uri
 from trainers.errors import FrostError
 

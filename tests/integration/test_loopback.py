@@ -10,7 +10,7 @@ import pytest
 import yaml
 from helpers import frost, sigkill, started_trials, tiny_sweep, wait_until
 
-from service.loopback import is_loopback
+from service.cluster.loopback import is_loopback
 
 pytestmark = pytest.mark.integration
 

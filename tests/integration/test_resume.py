@@ -19,7 +19,7 @@ from helpers import (
     wait_until,
 )
 
-from trainers.train import read_attempts
+from trainers.checkpoints import read_attempts
 
 pytestmark = pytest.mark.integration
 

@@ -28,9 +28,9 @@ from trainers.config import BACKBONES, apply_overrides, format_validation_error,
 from trainers.errors import FrostError, TrainingError
 from trainers.files import atomic_writer, file_lock
 from trainers.logs import log
-from trainers.synth import GENERATOR_VERSION
-from trainers.synth_kinds import COLOURS, SHAPES, TEXTURES, catalogue
-from trainers.synth_render import render_crop
+from trainers.synth.dataset import GENERATOR_VERSION
+from trainers.synth.kinds import COLOURS, SHAPES, TEXTURES, catalogue
+from trainers.synth.render import render_crop
 
 # The detectors' GeneralizedRCNNTransform normalises with these by default: pretrain with the same.
 IMAGE_MEAN = (0.485, 0.456, 0.406)

@@ -6,15 +6,13 @@ from its own newest epoch checkpoint, not from the (lagging) experiment-state sn
 
 from __future__ import annotations
 
-import contextlib
 import os
-import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from ray import tune
 
+from service.workers.trial_log import trial_log
 from sweeps.space import trial_run_name, trial_spec_for, trial_tags
 from sweeps.spec import SweepSpec
 from trainers.files import flatten, read_json_or
@@ -31,29 +29,6 @@ class TuneReporter(ReplayingReporter):
         tune.report(dict(metrics), checkpoint=checkpoint)
 
 
-class _Tee:
-    """stderr of a trial, also appended to its `trial.log` (Ray's worker output is off the console)."""
-
-    def __init__(self, *streams: TextIO) -> None:
-        self.streams = streams
-
-    def write(self, text: str) -> int:
-        for stream in self.streams:
-            stream.write(text)
-        return len(text)
-
-    def flush(self) -> None:
-        for stream in self.streams:
-            stream.flush()
-
-
-@contextlib.contextmanager
-def trial_log(out_dir: Path) -> Iterator[None]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with (out_dir / "trial.log").open("a") as fh, contextlib.redirect_stderr(_Tee(sys.stderr, fh)):
-        yield
-
-
 def frost_trainable(config: dict[str, Any], sweep: dict[str, Any], trials_dir: str, home: str) -> None:
     """One Ray Tune trial: the trainer on the trial's spec, resuming from its own directory when restarted."""
     from trainers.train import run_trial
@@ -63,7 +38,7 @@ def frost_trainable(config: dict[str, Any], sweep: dict[str, Any], trials_dir: s
     trial = trial_spec_for(spec, config)
     out_dir = Path(trials_dir) / tune.get_context().get_trial_id()
     if spec.resources.workers_per_trial > 1:
-        from service.data_parallel import run_data_parallel_trial
+        from service.workers.data_parallel import run_data_parallel_trial
 
         run_data_parallel_trial(spec, trial, out_dir, home)
         return

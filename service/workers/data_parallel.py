@@ -25,6 +25,7 @@ from typing import Any
 
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from service.workers.trial_log import trial_log
 from sweeps.space import worker_resources
 from sweeps.spec import SweepSpec
 from trainers.config import TrialSpec
@@ -128,7 +129,6 @@ def worker_loop(config: dict[str, Any]) -> None:
     import ray
     import ray.train
 
-    from service.trainable import trial_log
     from trainers.train import run_trial
 
     os.environ["FROST_HOME"] = config["home"]  # same data, weights and feature cache on every worker

@@ -1,6 +1,6 @@
 """Starting or attaching to Ray, and what Ray may print while a sweep runs.
 
-The embedded default is a private Ray runtime on loopback only (service/loopback.py sets the environment
+The embedded default is a private Ray runtime on loopback only (service/cluster/loopback.py sets the environment
 that keeps every socket on 127.0.0.1 before Ray is imported; docs/stack.md says why that is needed).
 """
 
@@ -30,8 +30,8 @@ def check_cluster(address: str | None, timeout: float = 10.0) -> None:
     retry for minutes (docs/stack.md). Also warns before a token travels in clear to another host."""
     if not address or address == "auto":
         return
-    from service.jobs import auth_token, warn_token_in_clear
-    from service.reach import check_reachable
+    from service.cluster.jobs import auth_token, warn_token_in_clear
+    from service.cluster.reach import check_reachable
 
     if auth_token():
         warn_token_in_clear(address)
@@ -119,7 +119,7 @@ def ray_session(
     Workers' output reaches this console only with `verbose` (it stays in Ray's session logs, and each
     trial's own lines in its `trial.log`). `state_api`: the embedded runtime also runs Ray's dashboard (on
     127.0.0.1, a free port), whose state API Ray Train needs to free a stopped trial's workers
-    (service/data_parallel.py); off otherwise, as it costs start-up time and memory."""
+    (service/workers/data_parallel.py); off otherwise, as it costs start-up time and memory."""
     if ray.is_initialized():
         yield
         return

@@ -1,4 +1,4 @@
-"""`frost submit | logs | stop`: a sweep as a Ray Job on a cluster (service/jobs.py does the work)."""
+"""`frost submit | logs | stop`: a sweep as a Ray Job on a cluster (service/cluster/jobs.py does the work)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from service.cli_flags import JOBS_ADDRESS_HELP, allow_large, flag, force, overrides
+from service.commands.flags import JOBS_ADDRESS_HELP, allow_large, flag, force, overrides
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from service.jobs import submit_sweep
+    from service.cluster.jobs import submit_sweep
     from service.tracking.uris import default_tracking_uri, mlflow_ui_command
     from sweeps.spec import load_sweep_spec
 
@@ -47,7 +47,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    from service.jobs import follow_job_logs, job_logs
+    from service.cluster.jobs import follow_job_logs, job_logs
 
     if args.follow:
 
@@ -64,7 +64,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    from service.jobs import stop_sweep_job
+    from service.cluster.jobs import stop_sweep_job
 
     result = stop_sweep_job(args.name, args.address)
     if args.json:

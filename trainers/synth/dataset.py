@@ -1,7 +1,7 @@
 """The built-in long-tail detection data set, in COCO or LVIS format, and its cache under FROST_HOME.
 
-Objects are kinds of the synth generator family (shape x texture x colour, trainers/synth_kinds.py), drawn
-on cluttered, textured backgrounds (trainers/synth_render.py). A detector must check all three factors of
+Objects are kinds of the synth generator family (shape x texture x colour, trainers/synth/kinds.py), drawn
+on cluttered, textured backgrounds (trainers/synth/render.py). A detector must check all three factors of
 an object, with some classes seen in only a handful of training images: data on which classifier
 pretraining can matter.
 
@@ -27,8 +27,8 @@ from trainers.config import DataSpec, SynthSpec
 from trainers.errors import FrostError
 from trainers.files import file_lock
 from trainers.logs import log
-from trainers.synth_kinds import catalogue, detection_classes
-from trainers.synth_render import render_scene
+from trainers.synth.kinds import catalogue, detection_classes
+from trainers.synth.render import render_scene
 
 # Bumped (in config.SynthSpec.version) whenever the generator draws differently: the dataset cache path
 # hashes the SynthSpec, so old caches are not reused, and pretraining digests include it too.

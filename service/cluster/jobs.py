@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from service.reach import check_reachable
+from service.cluster.reach import check_reachable
 from sweeps.spec import SweepSpec, dump_sweep_spec
 from trainers.errors import FrostError
 

@@ -1,11 +1,11 @@
 """`frost train --workers N`: one trial as N data-parallel worker processes on this machine.
 
-The launcher starts N copies of this module's worker (`python -m service.train_workers`), each joining a
+The launcher starts N copies of this module's worker (`python -m service.workers.train_workers`), each joining a
 `torch.distributed` group at tcp://127.0.0.1:<a free port> (loopback only: gloo and NCCL are told to use the
 loopback interface too), then running `run_trial`. Rank 0 prints the final metrics. When a worker dies, the
 launcher stops the others by pid and names the rank; starting the same command again resumes from the
 newest checkpoint. The worker also runs under torchrun, which sets RANK / WORLD_SIZE / MASTER_ADDR:
-`torchrun --nproc-per-node 2 -m service.train_workers TRIAL.yaml --out DIR` (docs/distributed.md).
+`torchrun --nproc-per-node 2 -m service.workers.train_workers TRIAL.yaml --out DIR` (docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def worker_command(
 ) -> list[str]:
     sets = [arg for item in overrides for arg in ("--set", item)]
     return [
-        sys.executable, "-m", "service.train_workers", *([trial] if trial else []), "--out", str(out), *sets,
+        sys.executable, "-m", "service.workers.train_workers", *([trial] if trial else []), "--out", str(out), *sets,
         "--rank", str(rank), "--world-size", str(workers), "--init-method", f"tcp://127.0.0.1:{port}",
     ]  # fmt: skip
 

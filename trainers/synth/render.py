@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from trainers.synth_kinds import COLOURS, HUE_JITTER_DEG, ROTATION_DEG, TEXTURES, Kind
+from trainers.synth.kinds import COLOURS, HUE_JITTER_DEG, ROTATION_DEG, TEXTURES, Kind
 
 # Object sizes (longer side of the shape) as fractions of the image size: 10–70 px in a 128 px image.
 DETECTION_SIZE = (0.08, 0.55)

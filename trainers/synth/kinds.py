@@ -1,9 +1,9 @@
 """The synth generator family's object kinds: shape x texture x colour, in one fixed catalogue.
 
 The catalogue's first 64 kinds come in look-alike pairs (two kinds that differ in one factor, subtly) and are
-the detection classes (`classes` of them, trainers/synth.py); every kind, in catalogue order, is a class of
-the upstream classification task (trainers/pretrain.py), and kinds that are not detection classes appear as
-unannotated distractors. Drawing them is trainers/synth_render.py.
+the detection classes (`classes` of them, trainers/synth/dataset.py); every kind, in catalogue order, is a class of
+the upstream classification task (trainers/synth/pretrain.py), and kinds that are not detection classes appear as
+unannotated distractors. Drawing them is trainers/synth/render.py.
 """
 
 from __future__ import annotations

@@ -1,8 +1,17 @@
-"""Flags several `frost` commands share."""
+"""The parser class and the flags several `frost` commands share."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse exits 2 on bad flags already; keep its message short and on stderr."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(2, f"frost: error: {message}\n")
 
 ROOT_HELP = "project folder (default $FROST_HOME or ./frost-runs)"
 JOBS_ADDRESS_HELP = "the head's Ray Jobs API, http://HEAD:8265 (default $RAY_API_SERVER_ADDRESS)"

@@ -1,0 +1,92 @@
+"""`frost data synth`, `frost pretrain`, `frost train`: one trial, or what one trial needs, without Ray."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from service.commands.flags import Parser, overrides
+from trainers.errors import FrostError
+
+
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from trainers.config import SynthSpec, apply_overrides, format_validation_error
+    from trainers.synth.dataset import write_detection_dataset
+
+    try:
+        fields = apply_overrides({}, args.set)
+        if args.format:
+            fields["format"] = args.format
+        spec = SynthSpec.model_validate(fields)
+    except ValidationError as exc:
+        raise FrostError(format_validation_error(exc, prefix="synth.")) from None
+    summary = write_detection_dataset(Path(args.out_dir), spec)
+    print(json.dumps(summary))
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from trainers.synth.pretrain import load_pretrain_spec, pretrain_classifier
+
+    spec = load_pretrain_spec(args.backbone, args.set)
+    path = pretrain_classifier(spec, Path(args.out) if args.out else None)
+    print(json.dumps({"checkpoint": str(path)}))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from trainers.config import load_trial_spec
+    from trainers.train import run_trial
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise FrostError(f"--out: {out} is a file; a trial writes a folder")
+    if args.workers < 1:
+        raise FrostError(f"--workers: must be at least 1, got {args.workers}")
+    spec = load_trial_spec(args.trial, args.set)
+    if args.workers == 1:
+        metrics = run_trial(spec, out)
+    else:
+        from service.workers.train_workers import launch_workers
+
+        metrics = launch_workers(spec, args.trial, args.set, out, args.workers)
+    print(json.dumps(metrics))
+    return 0
+
+
+def add_trial_parsers(sub: Any) -> None:
+    data = sub.add_parser("data", help="datasets")
+    data_sub = data.add_subparsers(dest="data_command", required=True, parser_class=Parser)
+    synth = data_sub.add_parser("synth", help="write the built-in long-tail dataset (COCO or LVIS format)")
+    synth.add_argument("out_dir")
+    synth.add_argument(
+        "--format",
+        choices=("coco", "lvis"),
+        help="lvis: the same images plus LVIS's per-image neg_category_ids / not_exhaustive_category_ids "
+        "(default: coco, or the format given with --set)",
+    )
+    overrides(synth)
+    synth.set_defaults(func=cmd_data_synth)
+
+    pretrain = sub.add_parser("pretrain", help="pretrain a backbone as a classifier on synthetic crops")
+    pretrain.add_argument("--backbone", default="resnet18")
+    pretrain.add_argument("--out", help="checkpoint path (default: the builtin weights cache)")
+    overrides(pretrain)
+    pretrain.set_defaults(func=cmd_pretrain)
+
+    train = sub.add_parser("train", help="train and evaluate one trial")
+    train.add_argument("trial", nargs="?", help="TrialSpec YAML (default: the CPU-sized default trial)")
+    train.add_argument("--out", required=True, help="trial directory (resumes from its newest checkpoint)")
+    train.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="data-parallel worker processes on this machine (train.batch_size is the global batch; "
+        "docs/distributed.md)",
+    )
+    overrides(train)
+    train.set_defaults(func=cmd_train)
