@@ -16,7 +16,7 @@ from ray.tune.schedulers import TrialScheduler
 
 from service.cli import main
 from sweeps.asha import PersistentASHA
-from sweeps.asha_state import UNSTRATIFIED, json_state_path, read_decisions
+from sweeps.asha_state import UNSTRATIFIED, read_decisions
 from sweeps.space import build_scheduler
 from sweeps.spec import AshaSpec, SweepSpec, load_sweep_spec, spec_warnings
 from trainers.errors import FrostError
@@ -76,7 +76,7 @@ def test_strata_compare_trials_only_with_their_own_kind():
         "frost.asha.cutoff": "0.1",
         "frost.asha.value": "0.08",
     }
-    assert decision.describe() == "stopped at rung 1 among finetune: AP (last) 0.0800, cutoff 0.1000"
+    assert decision.describe() == "stopped at rung 1 (epoch 1) among finetune: AP 0.080 < cutoff 0.100"
 
 
 @pytest.mark.parametrize(
@@ -164,7 +164,7 @@ def test_state_is_json_and_a_restored_copy_decides_the_same(tmp_path):
         scheduler.on_trial_add(None, t)
         report(scheduler, t, 1, 0.1 * (i + 1))
     saved = json.loads(path.read_text())
-    assert saved["format"] == "frost.asha/1" and set(saved["strata"]) == {"frozen", "finetune"}
+    assert saved["format"] == "frost.asha/2" and set(saved["strata"]) == {"frozen", "finetune"}
 
     restored = pickle.loads(frozen_at_start)
     for t in trials[4:]:
@@ -205,26 +205,16 @@ def test_a_planted_state_file_is_refused_and_never_executed(tmp_path, content):
     assert read_decisions(path) == {}  # status views read past it
 
 
-def test_a_legacy_pickle_name_is_read_as_its_json_sibling(tmp_path):
-    legacy, marker = tmp_path / "asha-state.pkl", tmp_path / "marker"
-    legacy.write_bytes(pickle.dumps(_Planted(marker)))
-    scheduler = asha(legacy)
-    scheduler.on_trial_add(None, trial("a"))
-    report(scheduler, trial("a"), 1, 0.5)
-    assert json_state_path(legacy) == tmp_path / "asha-state.json"
-    assert json.loads((tmp_path / "asha-state.json").read_text())["history"] == {"a": {"1": 0.5}}
-    assert not marker.exists()
-
-
-def test_a_scheduler_pickled_before_strata_resumes_as_one_pool(tmp_path):
-    old = asha(tmp_path / "asha-state.pkl")
-    for name in ("_strata", "_placement", "_history", "_decisions", "_grace_period", "_bracket_count"):
-        del old.__dict__[name]
-    old.__dict__.update(_stratify_by=None, _rung_metric=None, _state_path=str(tmp_path / "asha-state.pkl"))
-    restored = pickle.loads(pickle.dumps(old))  # Tune's experiment state of a sweep started by the old code
-    a, b = trial("a"), trial("b")
-    assert report(restored, a, 1, 0.5) == CONTINUE and report(restored, b, 1, 0.1) == STOP
-    assert set(json.loads((tmp_path / "asha-state.json").read_text())["trials"]) == {"a", "b"}
+def test_a_state_of_the_previous_format_is_refused_with_the_clear_error(tmp_path):
+    # frost.asha/1 kept rungs per trial: read as per-configuration records they would judge wrongly.
+    path = tmp_path / "asha-state.json"
+    old = asha(path).state() | {"format": "frost.asha/1"}
+    path.write_text(json.dumps(old))
+    with pytest.raises(
+        FrostError, match=r"not a frost ASHA state \(frost.asha/2 JSON\) \(its format is 'frost.asha/1'\)"
+    ):
+        asha(path).on_trial_add(None, trial("a"))
+    assert read_decisions(path) == {}
 
 
 def test_a_state_of_other_rungs_is_refused(tmp_path):

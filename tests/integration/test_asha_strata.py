@@ -172,7 +172,7 @@ def test_frost_run_set_stratify_by_keeps_strata_in_the_sweeps_json_state(tmp_pat
         epochs = [t["epochs"] for t in summary["trials"] if t["config"]["backbone.freeze"] == freeze]
         assert len(epochs) == 2 and max(epochs) == 2
     stopped = {t["trial_id"] for t in summary["trials"] if t["epochs"] < 2}
-    decisions = read_decisions(sweep / "asha-state.pkl")  # the driver's path; read as its .json sibling
+    decisions = read_decisions(sweep / "asha-state.json")
     assert set(decisions) == stopped
     for trial_id, decision in decisions.items():
         freeze = next(t["config"]["backbone.freeze"] for t in summary["trials"] if t["trial_id"] == trial_id)
@@ -186,7 +186,7 @@ def test_frost_run_set_stratify_by_keeps_strata_in_the_sweeps_json_state(tmp_pat
     for trial_id in stopped:
         assert shown[trial_id]["cutoff"] == decisions[trial_id].cutoff
         assert shown[trial_id]["describe"].startswith(
-            f"stopped at rung 1 among {decisions[trial_id].stratum}: loss"
+            f"stopped at rung 1 (epoch 1) among {decisions[trial_id].stratum}: loss"
         )
 
     # The stop is on each stopped trial's MLflow run too, with the scheduler's own cutoff.
