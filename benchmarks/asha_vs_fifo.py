@@ -128,7 +128,7 @@ def print_table(rows: list[dict[str, Any]], title: str) -> None:
     fifo = rows[0]
     print(f"\n{title}")
     print(
-        f"{'arm':<19}{'trials':>7}{'trial-epochs':>14}{'ratio':>7}{'wall s':>8}"
+        f"{'arm':<25}{'trials':>7}{'trial-epochs':>14}{'ratio':>7}{'wall s':>8}"
         f"{'best AP frozen':>16}{'(xFIFO)':>8}{'best AP finetune':>18}{'(xFIFO)':>8}"
         f"{'verdicts = FIFO':>17}  target"
     )
@@ -138,7 +138,7 @@ def print_table(rows: list[dict[str, Any]], title: str) -> None:
         agree = sum(verdicts(row)[c] == verdicts(fifo)[c] for c in verdicts(fifo))
         met = ratio <= 0.5 and all(keep[m] >= 0.95 for m in MODES)
         print(
-            f"{row['arm']:<19}{row['trials']:>7}{row['epochs']:>14}{ratio:>7.2f}{row['wall']:>8.0f}"
+            f"{row['arm']:<25}{row['trials']:>7}{row['epochs']:>14}{ratio:>7.2f}{row['wall']:>8.0f}"
             f"{row['best']['frozen']:>16.4f}{keep['frozen']:>8.2f}{row['best']['finetune']:>18.4f}"
             f"{keep['finetune']:>8.2f}{f'{agree}/{len(verdicts(fifo))}':>17}  "
             f"{'-' if row['arm'] == 'fifo' else ('met' if met else 'not met')}"
