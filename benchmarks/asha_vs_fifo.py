@@ -6,7 +6,13 @@ data, 2 trials at a time on 1 CPU each. Per arm: trial-epochs, wall time, best A
 the frozen-vs-fine-tuned verdict per capacity (which mode's best AP is higher) agrees with FIFO's. The target
 (docs/scheduling.md): trial-epochs <= 0.5 of FIFO's with each mode's best AP >= 0.95 of FIFO's in that mode.
 
-    python benchmarks/asha_vs_fifo.py [--epochs 4] [--weights builtin|PATH] [--arms fifo,asha,strat-last,...]
+With `--seeds N` (N > 1) every cell runs seeds 0..N-1. The ASHA arms then let seeds compete as configurations
+(`replicates_by: []`, frost's behaviour before issue 21), except `strat-replicates`: stratified by freeze mode
+with `replicates_by: [seed]`, the seeds of a cell judged as one configuration and continuing or stopping
+together (docs/scheduling.md).
+
+    python benchmarks/asha_vs_fifo.py [--epochs 4] [--weights builtin|PATH] [--seeds 1]
+        [--arms fifo,asha,strat-last,strat-replicates,...]
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from typing import Any
 from _sweeps import LIGHT_TRIAL, frost, private_storage, project_home, write_spec
 
 MODES = ("frozen", "finetune")
-ARMS = ("fifo", "asha", "strat-last", "strat-best", "strat-ema")
+ARMS = ("fifo", "asha", "strat-last", "strat-best", "strat-ema", "strat-replicates")
 
 
 def scheduler_for(arm: str, grace: int, reduction: float) -> dict[str, Any]:
@@ -33,6 +39,11 @@ def scheduler_for(arm: str, grace: int, reduction: float) -> dict[str, Any]:
         "grace_period": grace,
         "reduction_factor": reduction,
     }
+    if arm == "strat-replicates":
+        return {**asha, "stratify_by": "backbone.freeze", "replicates_by": ["seed"]}
+    asha[
+        "replicates_by"
+    ] = []  # seeds, when searched, compete as configurations: the arms this one is held against
     if arm == "asha":
         return asha
     return {**asha, "stratify_by": "backbone.freeze", "rung_metric": arm.removeprefix("strat-")}
@@ -54,11 +65,11 @@ def measure(arm: str, summary: dict[str, Any], wall: float) -> dict[str, Any]:
     }
 
 
-def fifo_curves(sweep_dir: Path) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+def fifo_curves(sweep_dir: Path, seeds: int) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
     """Each FIFO trial's searched values and per-epoch history (AP, epoch_time_s), in Tune's trial order."""
     from service.status import searched_values, trial_history
 
-    searched = ["backbone.freeze", "neck.fpn_channels"]
+    searched = ["backbone.freeze", "neck.fpn_channels", *(["seed"] if seeds > 1 else [])]
     return [
         (searched_values(trial, searched), trial_history(trial))
         for trial in sorted((sweep_dir / "trials").iterdir())
@@ -76,6 +87,7 @@ def replay(arm: str, curves: list, grace: int, reduction: float, max_epochs: int
     spec = scheduler_for(arm.removeprefix("replay-"), grace, reduction)
     scheduler = PersistentASHA(
         stratify_by=spec.get("stratify_by"), rung_metric=spec.get("rung_metric", "last"), time_attr="epoch",
+        replicates_by=[p for p in spec.get("replicates_by", []) if p in curves[0][0]],
         metric="AP", mode="max", max_t=max_epochs, grace_period=grace, reduction_factor=reduction,
     )  # fmt: skip
     trials = [
@@ -116,7 +128,7 @@ def print_table(rows: list[dict[str, Any]], title: str) -> None:
     fifo = rows[0]
     print(f"\n{title}")
     print(
-        f"{'arm':<19}{'trials':>7}{'trial-epochs':>14}{'ratio':>7}{'wall s':>8}"
+        f"{'arm':<25}{'trials':>7}{'trial-epochs':>14}{'ratio':>7}{'wall s':>8}"
         f"{'best AP frozen':>16}{'(xFIFO)':>8}{'best AP finetune':>18}{'(xFIFO)':>8}"
         f"{'verdicts = FIFO':>17}  target"
     )
@@ -126,7 +138,7 @@ def print_table(rows: list[dict[str, Any]], title: str) -> None:
         agree = sum(verdicts(row)[c] == verdicts(fifo)[c] for c in verdicts(fifo))
         met = ratio <= 0.5 and all(keep[m] >= 0.95 for m in MODES)
         print(
-            f"{row['arm']:<19}{row['trials']:>7}{row['epochs']:>14}{ratio:>7.2f}{row['wall']:>8.0f}"
+            f"{row['arm']:<25}{row['trials']:>7}{row['epochs']:>14}{ratio:>7.2f}{row['wall']:>8.0f}"
             f"{row['best']['frozen']:>16.4f}{keep['frozen']:>8.2f}{row['best']['finetune']:>18.4f}"
             f"{keep['finetune']:>8.2f}{f'{agree}/{len(verdicts(fifo))}':>17}  "
             f"{'-' if row['arm'] == 'fifo' else ('met' if met else 'not met')}"
@@ -148,6 +160,7 @@ def main() -> None:
     parser.add_argument("--val-images", type=int, default=LIGHT_TRIAL["data"]["limit_val"])
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--warmup-steps", type=int, default=8, help="optim.warmup_steps (toy runs are short)")
+    parser.add_argument("--seeds", type=int, default=1, help="seeds per cell (searched when > 1)")
     args = parser.parse_args()
     arms = args.arms.split(",")
     assert arms[0] == "fifo", "FIFO is the reference: list it first"
@@ -161,7 +174,12 @@ def main() -> None:
         "train": {**LIGHT_TRIAL["train"], "epochs": args.epochs},
         "seed": 0,
     }
-    search = {"backbone.freeze": {"grid": list(MODES)}, "neck.fpn_channels": {"grid": capacities}}
+    search: dict[str, Any] = {
+        "backbone.freeze": {"grid": list(MODES)},
+        "neck.fpn_channels": {"grid": capacities},
+    }
+    if args.seeds > 1:
+        search["seed"] = {"grid": list(range(args.seeds))}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         home = project_home()
@@ -173,13 +191,14 @@ def main() -> None:
             summary, wall = frost(["run", str(write_spec(Path(tmp) / f"{arm}.yaml", sweep)), "--json"], home)
             rows.append(measure(arm, summary, wall))
             if arm == "fifo":
-                curves = fifo_curves(Path(tmp) / "sweeps" / sweep["name"])
+                curves = fifo_curves(Path(tmp) / "sweeps" / sweep["name"], args.seeds)
         replayed = [
             replay(f"replay-{arm}", curves, args.grace, args.reduction, args.epochs) for arm in ARMS[1:]
         ]
     print_table(
         rows,
-        f"{2 * len(capacities)}-trial grid (freeze x FPN width {args.capacities}), {args.epochs} epochs max, "
+        f"{2 * len(capacities) * args.seeds}-trial grid (freeze x FPN width {args.capacities} x {args.seeds} "
+        f"seed(s)), {args.epochs} epochs max, "
         f"grace {args.grace}, reduction {args.reduction:g}, {args.train_images} train / {args.val_images} val "
         f"images, {args.image_size} px, weights {Path(args.weights).name}",
     )

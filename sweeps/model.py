@@ -19,7 +19,9 @@ from sweeps.sections import (
     SchedulerSpec,
     TrackingSpec,
     _check_asha,
+    default_replicates,
     metric_problems,
+    replicates_problems,
     strata_problems,
 )
 from trainers.config import TrialSpec
@@ -121,6 +123,16 @@ class SweepSpec(_Strict):
         if isinstance(scheduler, AshaSpec) and scheduler.stratify_by is not None:
             strata_search = _known_search(info, (scheduler.stratify_by,))
             problems += strata_problems(scheduler, strata_search) if strata_search is not None else []
+        if scheduler.replicates_by is not None or isinstance(scheduler, AshaSpec):
+            replicate_search = _known_search(info, tuple(scheduler.replicates_by or ()))
+            if replicate_search is not None:
+                stratify_by = scheduler.stratify_by if isinstance(scheduler, AshaSpec) else None
+                if scheduler.replicates_by is None:
+                    # Resolved here so a saved spec says what ran; SweepSpec.digest leaves the default out, so a
+                    # spec saved before replicates existed keeps its digest.
+                    resolved = default_replicates(replicate_search, stratify_by)
+                    scheduler = scheduler.model_copy(update={"replicates_by": resolved})
+                problems += replicates_problems(scheduler.replicates_by or [], replicate_search, stratify_by)
         if isinstance(scheduler, AshaSpec):
             if scheduler.max_epochs is not None and scheduler.grace_period > scheduler.max_epochs:
                 problems.append(
@@ -219,6 +231,12 @@ class SweepSpec(_Strict):
         """A stable hash of everything that changes what runs (the description is left out), for
         idempotent submission and for spotting a changed spec under the same name."""
         payload = self.model_dump(mode="json", exclude={"description"})
+        replicates = payload["scheduler"].get("replicates_by")
+        stratify_by = payload["scheduler"].get("stratify_by")
+        if replicates is None or replicates == default_replicates(self.search, stratify_by):
+            # The default, written out or resolved by validation, hashes as it did before the field existed:
+            # a sweep saved then is not "changed" now.
+            payload["scheduler"].pop("replicates_by", None)
         text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 

@@ -10,7 +10,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from sweeps.samplers import ChoiceSampler, GridSampler, _Strict
-from sweeps.search import Problem, _possible_values
+from sweeps.search import Problem, _possible_values, is_joint, key_paths, searched_paths
 from trainers.config import TrialSpec
 from trainers.reporting import EVAL_METRICS, REPORTED_METRICS
 
@@ -53,6 +53,12 @@ class AshaSpec(_Strict):
         "last",
         description="the value compared at a rung: this epoch's metric, the best so far, or its moving average",
     )
+    replicates_by: list[str] | None = Field(
+        None,
+        description="searched trial paths whose values are replicates of one configuration, not configurations "
+        "(e.g. [seed]): ASHA judges a configuration once per rung on the mean of its replicates, and its "
+        "replicates continue or stop together. Default (None): [seed] when seed is searched, else []",
+    )
 
     def rung_count(self, bracket: int = 0) -> int:
         """Rungs in one bracket, computed as Ray's _Bracket does (numpy, same rounding)."""
@@ -78,6 +84,9 @@ class FifoSpec(_Strict):
     type: Literal["fifo"]
     metric: str = Field("AP", description="ranks results (best trial); a metric the trainer reports")
     mode: Literal["max", "min"] = "max"
+    replicates_by: list[str] | None = Field(
+        None, description="accepted for a spec that switches scheduler.type; FIFO has nothing to judge"
+    )
 
 
 SchedulerSpec = Annotated[
@@ -210,6 +219,60 @@ def strata_problems(asha: AshaSpec, search: dict[str, Any]) -> list[Problem]:
             )
         ]
     return []
+
+
+# The replicate path searched by default: a trial's seed is a replicate of its configuration.
+DEFAULT_REPLICATE_PATH = "seed"
+
+
+def default_replicates(search: dict[str, Any], stratify_by: str | None = None) -> list[str]:
+    """What `replicates_by` means when the spec leaves it out: [seed] when seed is searched on a key of its own
+    (and is not the stratum), else []."""
+    return (
+        [DEFAULT_REPLICATE_PATH]
+        if DEFAULT_REPLICATE_PATH in search and stratify_by != DEFAULT_REPLICATE_PATH
+        else []
+    )
+
+
+def replicates_problems(paths: list[str], search: dict[str, Any], stratify_by: str | None) -> list[Problem]:
+    """Each replicate path is searched, is not the stratum (a stratum's trials could not be replicates of
+    each other's configuration), and does not share a joint key with a configuration path (one draw would set
+    both, so replicates would differ in configuration)."""
+    problems: list[Problem] = []
+    searched = searched_paths(search)
+    for path in paths:
+        if path not in searched:
+            problems.append(
+                (
+                    ("replicates_by",),
+                    f"{path!r} is not searched (searched: {', '.join(searched) or 'nothing'}); replicates "
+                    "are values of a searched path",
+                )
+            )
+        elif path == stratify_by:
+            problems.append(
+                (
+                    ("replicates_by",),
+                    f"{path!r} is scheduler.stratify_by: a stratum holds one value of it, so its trials "
+                    "cannot be replicates of one configuration",
+                )
+            )
+    for key in search:
+        if not is_joint(key):
+            continue
+        inside = [p for p in key_paths(key) if p in paths]
+        others = [p for p in key_paths(key) if p not in paths]
+        if inside and others:
+            problems.append(
+                (
+                    ("replicates_by",),
+                    f"{', '.join(inside)} shares the joint search key {key!r} with {', '.join(others)}, "
+                    "which is not a replicate path: its replicates would differ in configuration; search "
+                    "it on its own key",
+                )
+            )
+    return problems
 
 
 def _evaluated(epoch: int, every: int, epochs: int) -> bool:

@@ -27,6 +27,7 @@ from ray import tune
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from sweeps.model import check_repeats  # re-exported: param_space refuses copies too
+from sweeps.sections import default_replicates
 from sweeps.spec import (
     AshaSpec,
     ChoiceSampler,
@@ -108,8 +109,8 @@ def build_scheduler(spec: SweepSpec, state_path: str | Path | None = None) -> Tr
     """ASHA on the trainer's `epoch` counter (sweeps/asha.py: strata, rung metric, recorded stops), or FIFO
     (every trial runs all its epochs).
 
-    With `state_path`, ASHA's state is persisted there as JSON and survives a driver restart; a legacy
-    `.pkl` name is read as its `.json` sibling."""
+    With `state_path`, ASHA's state is persisted there as JSON and survives a driver restart. Trials that
+    differ only in `replicate_paths(spec)` are replicates of one configuration (docs/scheduling.md)."""
     scheduler = spec.scheduler
     if not isinstance(scheduler, AshaSpec):
         return FIFOScheduler()
@@ -120,6 +121,7 @@ def build_scheduler(spec: SweepSpec, state_path: str | Path | None = None) -> Tr
     return PersistentASHA(
         state_path,
         stratify_by=scheduler.stratify_by,
+        replicates_by=replicate_paths(spec),
         rung_metric=scheduler.rung_metric,
         time_attr=TIME_ATTR,
         metric=scheduler.metric,
@@ -129,6 +131,16 @@ def build_scheduler(spec: SweepSpec, state_path: str | Path | None = None) -> Tr
         reduction_factor=scheduler.reduction_factor,
         brackets=scheduler.brackets,
     )
+
+
+def replicate_paths(spec: SweepSpec) -> list[str]:
+    """The paths whose values are replicates of one configuration: the spec's `scheduler.replicates_by`, or
+    (unset, on a spec built without validation) the default, [seed] when seed is searched."""
+    scheduler = spec.scheduler
+    if scheduler.replicates_by is not None:
+        return list(scheduler.replicates_by)
+    stratify_by = scheduler.stratify_by if isinstance(scheduler, AshaSpec) else None
+    return default_replicates(spec.search, stratify_by)
 
 
 def tune_config_kwargs(spec: SweepSpec, scheduler_state: str | Path | None = None) -> dict[str, Any]:

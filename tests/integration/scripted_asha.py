@@ -8,8 +8,11 @@ FIFO's verdict is "finetune wins" at every capacity (0.45 + 0.02c > 0.33 + 0.02c
 time, strongest capacity first in each mode and the frozen mode first (it is the faster one in a real sweep),
 so every decision is a hand-derivable function of the order.
 
-    python scripted_asha.py run STORAGE NAME [--stratify] [--rung-metric last] [--epoch-s 0.2]
+    python scripted_asha.py run STORAGE NAME [--stratify] [--rung-metric last] [--epoch-s 0.2] [--seeds N]
     python scripted_asha.py restore STORAGE NAME [--stratify] ...
+
+With `--seeds N` every arm runs N seeds in a row (seed s adds 0.001 * s to the AP), and the seeds are
+replicates of their arm (`replicates_by: arm.seed`): ASHA judges arms, not trials.
 
 The last stdout line is JSON: {"trials": {trial_id: {"freeze", "capacity", "epochs"}},
 "decisions": {trial_id: Decision fields}, "state": path of the scheduler's state}.
@@ -37,12 +40,19 @@ from sweeps.asha_state import read_decisions  # noqa: E402
 
 CURVES = {"frozen": [0.30, 0.32, 0.33, 0.33], "finetune": [0.05, 0.15, 0.35, 0.45]}
 CAPACITY_STEP = 0.02
+SEED_STEP = 0.001
 MAX_EPOCHS = 4
 ARMS = [{"freeze": f, "capacity": c} for f in ("frozen", "finetune") for c in (2, 1, 0)]
 
 
-def scripted_ap(freeze: str, capacity: int, epoch: int) -> float:
-    return round(CURVES[freeze][epoch - 1] + CAPACITY_STEP * capacity, 6)
+def arms(seeds: int) -> list[dict]:
+    if not seeds:
+        return ARMS
+    return [{**arm, "seed": seed} for arm in ARMS for seed in range(seeds)]
+
+
+def scripted_ap(freeze: str, capacity: int, epoch: int, seed: int = 0) -> float:
+    return round(CURVES[freeze][epoch - 1] + CAPACITY_STEP * capacity + SEED_STEP * seed, 6)
 
 
 def scripted_trial(config: dict) -> None:
@@ -57,15 +67,19 @@ def scripted_trial(config: dict) -> None:
         with tempfile.TemporaryDirectory() as folder:
             (Path(folder) / "epoch.json").write_text(json.dumps({"epoch": epoch}))
             tune.report(
-                {"epoch": epoch, "AP": scripted_ap(arm["freeze"], arm["capacity"], epoch)},
+                {
+                    "epoch": epoch,
+                    "AP": scripted_ap(arm["freeze"], arm["capacity"], epoch, arm.get("seed", 0)),
+                },
                 checkpoint=tune.Checkpoint.from_directory(folder),
             )
 
 
-def scheduler(state: Path, stratify: bool, rung_metric: str) -> PersistentASHA:
+def scheduler(state: Path, stratify: bool, rung_metric: str, seeds: int = 0) -> PersistentASHA:
     return PersistentASHA(
         state,
         stratify_by="arm.freeze" if stratify else None,
+        replicates_by=["arm.seed"] if seeds else [],
         rung_metric=rung_metric,
         time_attr="epoch",
         metric="AP",
@@ -93,6 +107,7 @@ def main() -> None:
     parser.add_argument("--stratify", action="store_true")
     parser.add_argument("--rung-metric", default="last")
     parser.add_argument("--epoch-s", type=float, default=0.2)
+    parser.add_argument("--seeds", type=int, default=0, help="replicates per arm (0: no seed in the config)")
     args = parser.parse_args()
     storage = Path(args.storage).resolve()
     state = storage / f"{args.name}-asha-state.json"
@@ -102,9 +117,10 @@ def main() -> None:
     else:
         tuner = tune.Tuner(
             scripted_trial,
-            param_space={"arm": tune.grid_search(ARMS), "epoch_s": args.epoch_s},
+            param_space={"arm": tune.grid_search(arms(args.seeds)), "epoch_s": args.epoch_s},
             tune_config=tune.TuneConfig(
-                scheduler=scheduler(state, args.stratify, args.rung_metric), max_concurrent_trials=1
+                scheduler=scheduler(state, args.stratify, args.rung_metric, args.seeds),
+                max_concurrent_trials=1,
             ),
             run_config=tune.RunConfig(name=args.name, storage_path=str(storage), verbose=0),
         )

@@ -20,6 +20,7 @@ pytestmark = pytest.mark.integration
 
 SCRIPT = Path(__file__).with_name("scripted_asha.py")
 MAX_EPOCHS = 4
+REPLICATES = ("--stratify", "--seeds", "2")  # each arm's seeds 0 and 1 are replicates of it
 
 
 def start(action: str, storage: Path, name: str, *flags: str) -> subprocess.Popen:
@@ -40,13 +41,14 @@ def finish(driver: subprocess.Popen) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def by_arm(outcome: dict) -> dict[tuple[str, int], dict]:
-    """(freeze, capacity) → epochs run and the recorded stop (None if it was not stopped)."""
+def by_arm(outcome: dict) -> dict[tuple, dict]:
+    """(freeze, capacity[, seed]) → epochs run and the recorded stop (None if it was not stopped)."""
     arms = {}
     for trial_id, trial in outcome["trials"].items():
         decision = outcome["decisions"].get(trial_id)
         stop = None if decision is None else {k: decision[k] for k in ("stratum", "rung", "value", "cutoff")}
-        arms[(trial["freeze"], trial["capacity"])] = {"epochs": trial["epochs"], "stop": stop}
+        key = (trial["freeze"], trial["capacity"], *([trial["seed"]] if "seed" in trial else []))
+        arms[key] = {"epochs": trial["epochs"], "stop": stop}
     return arms
 
 
@@ -60,7 +62,7 @@ def runs(tmp_path_factory) -> dict[str, dict]:
     base = tmp_path_factory.mktemp("strata")
     return {
         name: finish(start("run", base / name, name, *flags))
-        for name, flags in (("plain", ()), ("stratified", ("--stratify",)))
+        for name, flags in (("plain", ()), ("stratified", ("--stratify",)), ("replicates", REPLICATES))
     }
 
 
@@ -108,10 +110,49 @@ def test_recorded_cutoff_is_the_schedulers(runs, name):
         assert dict(rung_records)[trial_id] == decision.value < decision.cutoff
 
 
-def test_stops_are_the_same_after_a_sigkill_at_a_rung_boundary_and_restore(runs, tmp_path):
+def same_fate_per_arm(arms: dict[tuple, dict]) -> None:
+    """Every arm's seeds end alike: all ran to the end, or all were stopped at the same epoch."""
+    fates: dict[tuple, set] = {}
+    for (freeze, capacity, _), trial in arms.items():
+        fates.setdefault((freeze, capacity), set()).add((trial["epochs"], trial["stop"] is None))
+    assert all(len(ends) == 1 for ends in fates.values()), fates
+
+
+def test_replicates_of_an_arm_continue_or_stop_together(runs):
+    # Rung 1, one record per arm (the mean of its seeds; seed s adds 0.001): frozen capacity 2 passes first
+    # (0.34, then its seed 1 makes it 0.3405); capacity 1's seed 0 (0.32) misses the median of the others
+    # {0.3405}, and its seed 1 (0.321) runs to epoch 1 and stops with it (the arm's record: 0.3205); capacity 0's
+    # seed 0 (0.30) misses the median {0.3405, 0.3205} = 0.3305. Fine-tuned alike: 0.0905, then 0.0805.
+    arms = by_arm(runs["replicates"])
+    stopped = {
+        ("frozen", 1): stop("frozen", 0.32, 0.3405),
+        ("frozen", 0): stop("frozen", 0.30, 0.3305),
+        ("finetune", 1): stop("finetune", 0.07, 0.0905),
+        ("finetune", 0): stop("finetune", 0.05, 0.0805),
+    }
+    assert arms == {
+        (freeze, capacity, seed): {"epochs": 1, "stop": stopped[(freeze, capacity)]}
+        if (freeze, capacity) in stopped
+        else {"epochs": MAX_EPOCHS, "stop": None}
+        for freeze in ("frozen", "finetune")
+        for capacity in (2, 1, 0)
+        for seed in (0, 1)
+    }
+    same_fate_per_arm(arms)
+    for decision in runs["replicates"]["decisions"].values():  # judged on seed 0, stopping both seeds
+        assert decision["replicates_by"] == ["arm.seed"] and len(decision["replicates"]) == 1
+        assert len(decision["trials"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("name", "flags", "stops"), [("stratified", ("--stratify",), 4), ("replicates", REPLICATES, 8)]
+)
+def test_stops_are_the_same_after_a_sigkill_at_a_rung_boundary_and_restore(
+    runs, tmp_path, name, flags, stops
+):
     storage = tmp_path / "killed"
     state = storage / "killed-asha-state.json"
-    driver = start("run", storage, "killed", "--stratify", "--epoch-s", "1.0")
+    driver = start("run", storage, "killed", *flags, "--epoch-s", "1.0")
     # The first stop was decided (frozen capacity 1 at rung 1) and Tune has an experiment state to restore.
     wait_until(
         lambda: read_decisions(state) and list((storage / "killed").glob("experiment_state-*.json")),
@@ -122,10 +163,10 @@ def test_stops_are_the_same_after_a_sigkill_at_a_rung_boundary_and_restore(runs,
     sigkill(driver)
     time.sleep(1)  # let the killed runtime's processes go before the next one starts
     decided_before = set(read_decisions(state))
-    assert len(decided_before) < 4  # killed mid-sweep
+    assert len(decided_before) < stops  # killed mid-sweep
 
-    restored = finish(start("restore", storage, "killed", "--stratify"))
-    after, straight = by_arm(restored), by_arm(runs["stratified"])
+    restored = finish(start("restore", storage, "killed", *flags))
+    after, straight = by_arm(restored), by_arm(runs[name])
     assert {arm: a["stop"] for arm, a in after.items()} == {arm: a["stop"] for arm, a in straight.items()}
     # Epochs: the same, but a trial stopped just before the kill may run the epoch Tune's lagging snapshot
     # resumed it into (then it stops with the decision first made).
@@ -133,6 +174,8 @@ def test_stops_are_the_same_after_a_sigkill_at_a_rung_boundary_and_restore(runs,
         extra = trial["epochs"] - straight[arm]["epochs"]
         assert extra == 0 or (extra == 1 and trial["stop"] is not None), (arm, trial, straight[arm])
     assert decided_before <= set(restored["decisions"])
+    if name == "replicates":
+        same_fate_per_arm(after)
 
 
 def test_frost_run_set_stratify_by_keeps_strata_in_the_sweeps_json_state(tmp_path):
@@ -163,7 +206,6 @@ def test_frost_run_set_stratify_by_keeps_strata_in_the_sweeps_json_state(tmp_pat
     summary = json.loads(out.strip().splitlines()[-1])
     sweep = root / "sweeps" / "strata"
     state = json.loads((sweep / "asha-state.json").read_text())
-    assert not (sweep / "asha-state.pkl").exists()
     assert state["stratify_by"] == "backbone.freeze" and set(state["strata"]) == {"frozen", "finetune"}
     for freeze in (
         "frozen",
@@ -172,7 +214,7 @@ def test_frost_run_set_stratify_by_keeps_strata_in_the_sweeps_json_state(tmp_pat
         epochs = [t["epochs"] for t in summary["trials"] if t["config"]["backbone.freeze"] == freeze]
         assert len(epochs) == 2 and max(epochs) == 2
     stopped = {t["trial_id"] for t in summary["trials"] if t["epochs"] < 2}
-    decisions = read_decisions(sweep / "asha-state.pkl")  # the driver's path; read as its .json sibling
+    decisions = read_decisions(sweep / "asha-state.json")
     assert set(decisions) == stopped
     for trial_id, decision in decisions.items():
         freeze = next(t["config"]["backbone.freeze"] for t in summary["trials"] if t["trial_id"] == trial_id)
@@ -186,7 +228,7 @@ def test_frost_run_set_stratify_by_keeps_strata_in_the_sweeps_json_state(tmp_pat
     for trial_id in stopped:
         assert shown[trial_id]["cutoff"] == decisions[trial_id].cutoff
         assert shown[trial_id]["describe"].startswith(
-            f"stopped at rung 1 among {decisions[trial_id].stratum}: loss"
+            f"stopped at rung 1 (epoch 1) among {decisions[trial_id].stratum}: loss"
         )
 
     # The stop is on each stopped trial's MLflow run too, with the scheduler's own cutoff.
