@@ -258,3 +258,16 @@ def test_labels_name_what_differs_between_capacities_and_minus_one_is_no_score()
         "AP": 0.2,
         "step_time_s": 0.5,
     }
+
+
+def test_delta_plot_is_written_and_named_in_the_report(tmp_path):
+    from service.report_markdown import markdown
+    from service.report_plots import delta_vs_capacity, plot_report
+
+    rows = rows_where_frozen([0.30, 0.31], [0.50, 0.52], "light") + rows_where_frozen([0.6], [0.4], "heavy")
+    report = build_report("s", rows)  # "heavy" has one seed: a point without an interval
+    names = [p.name for p in plot_report(report, {}, tmp_path)]
+    assert "delta_vs_capacity.png" in names and (tmp_path / "delta_vs_capacity.png").stat().st_size > 0
+    assert "![delta_vs_capacity.png](delta_vs_capacity.png)" in markdown(report, names)
+    alone = build_report("s", [row("A", "frozen", 0, 0.5)])  # nothing compared: no delta figure
+    assert delta_vs_capacity(alone, tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
