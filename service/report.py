@@ -10,20 +10,33 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.findings import BASELINE, Comparison, Delta, Stat, compare, finding, stat_of
+from service.findings import (
+    BASELINE,
+    CapacityTrend,
+    Comparison,
+    Delta,
+    Stat,
+    capacity_trends,
+    compare,
+    finding,
+    lead_metrics,
+    stat_of,
+)
 from service.report_rows import AP_METRICS, METRICS, ReportRow, sweep_rows
 from service.status import TRACKING_FILE
 from sweeps.asha_state import STATE_FILE as ASHA_STATE_FILE
-from sweeps.asha_state import read_decisions
+from sweeps.asha_state import Decision, read_decisions
 from trainers.files import atomic_write_text, read_json_or
 
 log = logging.getLogger("frost")
 REPORT_FILE = "report.md"
 DELTA_METRICS = AP_METRICS
+FROZEN = "frozen"  # the mode whose trainable share is the capacity axis (Vasconcelos et al.)
 
 
 @dataclass
@@ -41,6 +54,15 @@ class Group:
     def stat(self, metric: str) -> Stat | None:
         return stat_of([t.metrics[metric] for t in self.trials if metric in t.metrics])
 
+    def by_seed(self, metric: str) -> dict[str, float]:
+        """seed -> value; a seed run twice keeps both values under distinct keys (then nothing pairs)."""
+        values: dict[str, float] = {}
+        for t in self.trials:
+            if metric in t.metrics:
+                key = t.seed if t.seed not in values else f"{t.seed}#{t.trial_id}"
+                values[key] = t.metrics[metric]
+        return values
+
 
 @dataclass
 class Report:
@@ -49,8 +71,10 @@ class Report:
     groups: list[Group]
     deltas: list[Delta]
     comparisons: list[Comparison]
-    capacities: list[str]  # in capacity order (head parameters, lightest first)
+    capacities: list[str]  # in capacity order (frozen trainable share, then head parameters; lightest first)
     running: bool
+    leads: tuple[str, ...] = ("AP", "AP_r")  # the sweep's metric and AP_r (service/findings.py lead_metrics)
+    trends: list[CapacityTrend] = dataclasses.field(default_factory=list)
 
     @property
     def stopped(self) -> list[ReportRow]:
@@ -66,7 +90,14 @@ class Report:
 
     @property
     def finding(self) -> str:
-        return finding(self.comparisons, stopped=len(self.stopped), running=len(self.unfinished))
+        return finding(
+            self.comparisons,
+            stopped=len(self.stopped),
+            running=len(self.unfinished),
+            leads=self.leads,
+            trends=self.trends,
+            deltas=self.deltas,
+        )
 
     def to_json(self) -> dict[str, Any]:
         rows: list[dict[str, Any]] = []
@@ -82,6 +113,7 @@ class Report:
         for trial in self.stopped:  # one row each, never averaged
             row = {"capacity": trial.capacity, "label": trial.label, "freeze": trial.freeze, "n": 1}
             row.update(stopped=True, trial_id=trial.trial_id, epoch=trial.epochs, stop=trial.stop)
+            row["decision"] = trial.decision or _stopped_without_decision(trial)
             row.update({metric: trial.metrics.get(metric) for metric in METRICS})
             rows.append(row)
         return {
@@ -89,6 +121,7 @@ class Report:
             "running": self.running,
             "rows": rows,
             "deltas": [d.to_json() for d in self.deltas],
+            "trends": [t.to_json() for t in self.trends],
             "errors": [
                 {"trial_id": r.trial_id, "capacity": r.capacity, "freeze": r.freeze, "error": r.error}
                 for r in self.errored
@@ -104,16 +137,25 @@ def _pair(a: Group | None, b: Group | None, metric: str) -> tuple[Stat, Stat] | 
 
 
 def _capacity_order(groups: list[Group]) -> list[str]:
-    """Capacities by trainable head parameters (fine-tuned's when present), lightest first."""
-    size: dict[str, float] = {}
-    for group in sorted(groups, key=lambda g: g.freeze == BASELINE):  # fine-tuned last: its value wins
-        cell = group.stat("head_params")
-        size[group.capacity] = cell.mean if cell else size.get(group.capacity, float("inf"))
-    return sorted(size, key=lambda c: (size[c], c))
+    """Capacities lightest first by the frozen model's trainable share (the x-axis of Vasconcelos et al.;
+    another non-fine-tuned mode's lowest share when a capacity has no frozen trials), then by head
+    parameters where shares tie. Fine-tuned's share is 1 at every capacity: it orders nothing."""
+
+    def key(capacity: str) -> tuple[float, float, str]:
+        mine = [g for g in groups if g.capacity == capacity]
+        frozen = [g for g in mine if g.freeze == FROZEN] or [g for g in mine if g.freeze != BASELINE]
+        shares = [s.mean for g in frozen if (s := g.stat("trainable_share"))]
+        heads = [h.mean for g in (frozen or mine) if (h := g.stat("head_params"))]
+        return (min(shares, default=math.inf), min(heads, default=math.inf), capacity)
+
+    return sorted({g.capacity for g in groups}, key=key)
 
 
-def build_report(sweep: str, rows: list[ReportRow], running: bool = False) -> Report:
-    """Groups, deltas and comparisons from the rows (pure: the unit tests feed rows directly)."""
+def build_report(
+    sweep: str, rows: list[ReportRow], running: bool = False, sweep_metric: str = "AP"
+) -> Report:
+    """Groups, deltas, comparisons and trends from the rows (pure: the unit tests feed rows directly).
+    `sweep_metric`: the scheduler's metric of the sweep's spec, the finding's lead with AP_r."""
     by_key: dict[tuple[str, str], list[ReportRow]] = {}
     for row in rows:
         if row.finished:
@@ -121,43 +163,87 @@ def build_report(sweep: str, rows: list[ReportRow], running: bool = False) -> Re
     groups = [Group(c, f, trials) for (c, f), trials in sorted(by_key.items())]
     capacities = _capacity_order(groups)
     index = {(g.capacity, g.freeze): g for g in groups}
-    deltas, comparisons = [], []
+    deltas: list[Delta] = []
+    comparisons: list[Comparison] = []
     for capacity in capacities:
         base = index.get((capacity, BASELINE))
+        if base is None:
+            continue
         for group in (g for g in groups if g.capacity == capacity and g.freeze != BASELINE):
+            mine: dict[str, Delta] = {}
+            stats: dict[str, tuple[Stat, Stat]] = {}
             for metric in DELTA_METRICS:
                 pair = _pair(group, base, metric)
                 if pair:
-                    deltas.append(compare(capacity, group.label, group.freeze, metric, *pair))
-            ap = _pair(group, base, "AP")
-            if ap is None:
-                continue
-            ap_r = _pair(group, base, "AP_r")
-            comparisons.append(
-                Comparison(
-                    delta_ap=compare(capacity, group.label, group.freeze, "AP", *ap),
-                    delta_ap_r=compare(capacity, group.label, group.freeze, "AP_r", *ap_r) if ap_r else None,
-                    ap=ap,
-                    ap_r=ap_r,
-                    step_time=_pair(group, base, "step_time_s"),
-                    memory=_pair(group, base, "peak_memory_mb"),
-                    share=_pair(group, base, "trainable_share"),
+                    stats[metric] = pair
+                    mine[metric] = compare(
+                        capacity,
+                        group.label,
+                        group.freeze,
+                        metric,
+                        group.by_seed(metric),
+                        base.by_seed(metric),
+                    )
+            deltas.extend(mine.values())
+            if mine:
+                comparisons.append(
+                    Comparison(
+                        capacity,
+                        group.label,
+                        group.freeze,
+                        mine,
+                        stats,
+                        step_time=_pair(group, base, "step_time_s"),
+                        memory=_pair(group, base, "peak_memory_mb"),
+                        share=_pair(group, base, "trainable_share"),
+                    )
                 )
-            )
-    return Report(sweep, rows, groups, deltas, comparisons, capacities, running)
+    trends = capacity_trends(deltas, capacities)
+    leads = lead_metrics(sweep_metric)
+    return Report(sweep, rows, groups, deltas, comparisons, capacities, running, leads, trends)
+
+
+def _stopped_without_decision(row: ReportRow) -> str:
+    return f"stopped at epoch {row.epochs} of {row.planned_epochs or '?'} (no scheduler decision recorded)"
+
+
+def stop_sentence(stop: dict[str, Any]) -> str:
+    """A decision handed in as a dict (`stop_decisions`), in words: the scheduler's own sentence when the
+    dict is a Decision's fields, else its items named."""
+    try:
+        return Decision(**stop).describe()
+    except TypeError:
+        return "stopped by the scheduler: " + ", ".join(f"{k} {v}" for k, v in stop.items())
+
+
+def sweep_metric_of(directory: Path) -> str:
+    """The scheduler metric of the sweep's saved spec (AP, the spec's default, when it cannot be read)."""
+    from service.project import SPEC_FILE
+    from sweeps.spec import load_sweep_spec
+    from trainers.errors import FrostError
+
+    try:
+        return load_sweep_spec(directory / SPEC_FILE).scheduler.metric
+    except FrostError as exc:
+        log.warning("report: the sweep's spec is unreadable (%s); AP leads the finding", exc)
+        return "AP"
 
 
 def sweep_report(directory: Path, stop_decisions: dict[str, dict[str, Any]] | None = None) -> Report:
     """The report of the sweep in `directory`. `stop_decisions`: trial_id -> the scheduler's decision
     (rung, cutoff, value; sweeps/asha.py read_decisions once merged), shown with the stopped trials."""
+    sentences: dict[str, str] = {}
     if stop_decisions is None:  # the scheduler's own record of each stop (sweeps/asha.py)
-        stop_decisions = {
-            tid: dataclasses.asdict(d) for tid, d in read_decisions(directory / ASHA_STATE_FILE).items()
-        }
+        decisions = read_decisions(directory / ASHA_STATE_FILE)
+        stop_decisions = {tid: dataclasses.asdict(d) for tid, d in decisions.items()}
+        sentences = {tid: d.describe() for tid, d in decisions.items()}
     rows = sweep_rows(directory, stop_decisions)
+    for row in rows:
+        if row.stop is not None:
+            row.decision = sentences.get(row.trial_id) or stop_sentence(row.stop)
     tracking = read_json_or(directory / TRACKING_FILE, {})
     running = isinstance(tracking, dict) and tracking.get("parent_status") == "RUNNING"
-    return build_report(directory.name, rows, running=running)
+    return build_report(directory.name, rows, running=running, sweep_metric=sweep_metric_of(directory))
 
 
 def write_report(directory: Path, report: Report, tracking_uri: str | None = None) -> Path:

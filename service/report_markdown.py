@@ -1,5 +1,6 @@
-"""report.md: the headline table (one row per capacity), a table per capacity with every metric side by side
-per freeze mode and the delta against fine-tuned, the stopped / errored / unfinished trials, the finding."""
+"""report.md: the headline table (one row per capacity, the lead metrics), a table per capacity with every
+metric side by side per freeze mode and the delta against fine-tuned with its 95% interval and verdict, the
+capacity trends, the stopped / errored / unfinished trials, the finding."""
 
 from __future__ import annotations
 
@@ -11,8 +12,6 @@ if TYPE_CHECKING:
     from service.report import Report
     from service.report_rows import ReportRow
 
-HEADLINE = ("AP", "AP_r")
-
 
 def _cell(report: Report, capacity: str, freeze: str, metric: str) -> str:
     group = next((g for g in report.groups if g.capacity == capacity and g.freeze == freeze), None)
@@ -23,12 +22,16 @@ def _cell(report: Report, capacity: str, freeze: str, metric: str) -> str:
     return cell.text(digits)
 
 
-def _delta(report: Report, capacity: str, freeze: str, metric: str) -> str:
+def _delta(report: Report, capacity: str, freeze: str, metric: str, resolution: bool = False) -> str:
+    """`+0.010 [-0.012, +0.032] (tie)`; with `resolution`, a tie adds what the sweep could resolve."""
     delta = next(
         (d for d in report.deltas if d.capacity == capacity and d.freeze == freeze and d.metric == metric),
         None,
     )
-    return f"{delta.value:+.3f} ({delta.verdict})" if delta else ""
+    if delta is None:
+        return ""
+    extra = delta.resolution() if resolution else ""
+    return f"{delta.interval_text()} ({delta.verdict}{'; ' + extra if extra else ''})"
 
 
 def _modes(report: Report) -> list[str]:
@@ -44,12 +47,13 @@ def _label(report: Report, capacity: str) -> str:
 def headline(report: Report) -> list[str]:
     modes = _modes(report)
     others = [m for m in modes if m != BASELINE]
-    columns = [f"{metric} {mode}" for metric in HEADLINE for mode in modes]
-    columns += [f"Δ{metric} {mode}−{BASELINE}" for metric in HEADLINE for mode in others]
+    leads = report.leads
+    columns = [f"{metric} {mode}" for metric in leads for mode in modes]
+    columns += [f"Δ{metric} {mode}−{BASELINE}" for metric in leads for mode in others]
     lines = ["| capacity | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for capacity in report.capacities:
-        cells = [_cell(report, capacity, mode, metric) for metric in HEADLINE for mode in modes]
-        cells += [_delta(report, capacity, mode, metric) for metric in HEADLINE for mode in others]
+        cells = [_cell(report, capacity, mode, metric) for metric in leads for mode in modes]
+        cells += [_delta(report, capacity, mode, metric) for metric in leads for mode in others]
         lines.append(f"| {_label(report, capacity)} | " + " | ".join(cells) + " |")
     return lines
 
@@ -68,9 +72,35 @@ def detail(report: Report, capacity: str) -> list[str]:
     ]
     for metric in TABLE_METRICS:
         cells = [_cell(report, capacity, m, metric) for m in modes] + [
-            _delta(report, capacity, m, metric) for m in others
+            _delta(report, capacity, m, metric, resolution=True) for m in others
         ]
         lines.append(f"| {metric} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def trends(report: Report) -> list[str]:
+    """The capacity trend of every (mode, metric): slope of Δ per capacity step with its 95% interval."""
+    if not any(t.trend.cells > 1 for t in report.trends):
+        return []
+    lines = [
+        "## Capacity trends",
+        "",
+        f"Δ (mode − {BASELINE}) against capacity rank (lightest 0), weighted least squares (weights 1/se²), "
+        "95% interval of the slope; `grows`: the mode gains on fine-tuned as capacity rises.",
+        "",
+        "| mode | metric | lightest Δ | heaviest Δ | slope per step [95%] | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    for t in (t for t in report.trends if t.trend.cells > 1):
+        r = t.trend
+        slope = (
+            f"{r.slope:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]"
+            if r.slope is not None and r.ci_low is not None and r.ci_high is not None
+            else "–"
+        )
+        lines.append(
+            f"| {t.freeze} | {t.metric} | {r.from_delta:+.3f} | {r.to_delta:+.3f} | {slope} | {r.verdict} |"
+        )
     return lines + [""]
 
 
@@ -92,7 +122,7 @@ def apart(report: Report) -> list[str]:
         for r in report.stopped:
             ap = f"{r.metrics['AP']:.3f}" if "AP" in r.metrics else "–"
             lines.append(
-                f"| {r.trial_id} | `{r.capacity}` | {r.freeze} | {r.seed} | {r.epochs} of {r.planned_epochs} | {ap} | {r.stop or ''} |"
+                f"| {r.trial_id} | `{r.capacity}` | {r.freeze} | {r.seed} | {r.epochs} of {r.planned_epochs} | {ap} | {r.decision or '–'} |"
             )
         lines.append("")
     listed = (("Errored", report.errored), ("Not finished", report.unfinished))
@@ -113,12 +143,17 @@ def markdown(report: Report, plots: list[str]) -> str:
         ]
     lines += ["## Finding", "", report.finding, "", "## Table", ""]
     lines += [
-        "Mean ± standard deviation over seeds (n) of the trials that ran to the end; Δ is the mode's mean minus fine-tuned's, judged against the seed spread.",
+        "Mean ± standard deviation over seeds (n) of the trials that ran to the end; Δ is the mode's mean minus "
+        "fine-tuned's with its 95% interval (paired over seeds when both ran the same seeds, Welch's otherwise): "
+        "`better` / `worse` when the interval excludes 0, `tie` when it covers it, `one seed` without one. "
+        "A tie in the per-capacity tables adds the smallest difference the sweep resolves and the seeds that "
+        "would resolve the observed one (docs/report.md).",
         "",
     ]
     lines += headline(report) + [""]
     for capacity in report.capacities:
         lines += detail(report, capacity)
+    lines += trends(report)
     lines += apart(report)
     if plots:
         lines += ["## Plots", ""] + [f"![{name}]({name})" for name in plots] + [""]

@@ -3,7 +3,9 @@
 - `ap_vs_share.png`: AP and AP_r against the trainable share, one line per freeze mode through the capacity
   means, every finished seed a point: the figure of Vasconcelos et al. (CVPR 2022);
 - `ap_per_epoch.png`: AP per epoch per trial coloured by freeze mode, a cross where a trial was stopped early;
-- `resources.png`: step time and peak memory per capacity and freeze mode.
+- `resources.png`: step time and peak memory per capacity and freeze mode;
+- `delta_vs_capacity.png`: Δ (mode − fine-tuned) of the lead metrics against capacity (lightest first), the
+  95% intervals as error bars (none below 2 seeds: a hollow marker), y = 0 marked.
 """
 
 from __future__ import annotations
@@ -116,10 +118,58 @@ def resources(report: Report, path: Path) -> Path | None:
     return save_figure(fig, path)
 
 
+def _tick(report: Report, capacity: str) -> str:
+    """The capacity's key and its frozen share (the order of the axis)."""
+    frozen = next((g for g in report.groups if g.capacity == capacity and g.freeze == "frozen"), None)
+    share = frozen.stat("trainable_share") if frozen else None
+    return f"{capacity[:6]}\n{share.mean:.0%}" if share else capacity[:6]
+
+
+def delta_vs_capacity(report: Report, path: Path) -> Path | None:
+    plt = pyplot()
+    if not report.deltas:
+        return None
+    leads = report.leads
+    fig, axes = plt.subplots(1, len(leads), figsize=(4 * len(leads), 3.2), dpi=90, squeeze=False)
+    position = {c: i for i, c in enumerate(report.capacities)}
+    modes = sorted({d.freeze for d in report.deltas})
+    for axis, metric in zip(axes[0], leads):
+        axis.axhline(0.0, color="black", linewidth=0.8)
+        for offset, freeze in enumerate(modes):
+            deltas = sorted(
+                (d for d in report.deltas if d.freeze == freeze and d.metric == metric),
+                key=lambda d: position[d.capacity],
+            )
+            if not deltas:
+                continue
+            # Modes side by side around each capacity so their bars do not hide one another.
+            xs = [position[d.capacity] + (offset - (len(modes) - 1) / 2) * 0.08 for d in deltas]
+            ys = [d.value for d in deltas]
+            low = [d.value - d.diff.ci_low if d.diff.ci_low is not None else 0.0 for d in deltas]
+            high = [d.diff.ci_high - d.value if d.diff.ci_high is not None else 0.0 for d in deltas]
+            colour = _colour(freeze)
+            axis.errorbar(xs, ys, yerr=[low, high], color=colour, marker="o", capsize=3, label=freeze)
+            lone = [(x, y) for x, y, d in zip(xs, ys, deltas) if d.diff.ci_low is None]
+            if lone:
+                axis.scatter(*zip(*lone), facecolors="white", edgecolors=colour, zorder=3)
+        axis.set_xticks(
+            range(len(report.capacities)), [_tick(report, c) for c in report.capacities], fontsize=7
+        )
+        axis.set(
+            xlabel="capacity (frozen trainable share, lightest first)",
+            ylabel=f"Δ{metric} (mode − fine-tuned)",
+            title=f"Δ{metric} with 95% intervals",
+        )
+        if axis.get_legend_handles_labels()[0]:  # no legend, no matplotlib warning
+            axis.legend(fontsize=7)
+    return save_figure(fig, path)
+
+
 def plot_report(report: Report, history: dict[str, list[tuple]], out: Path) -> list[Path]:
     made = [
         ap_vs_share(report, out / "ap_vs_share.png"),
         ap_per_epoch(report, history, out / "ap_per_epoch.png"),
         resources(report, out / "resources.png"),
+        delta_vs_capacity(report, out / "delta_vs_capacity.png"),
     ]
     return [p for p in made if p is not None]

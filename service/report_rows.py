@@ -47,6 +47,7 @@ class ReportRow:
     source: str = "mlflow"  # or "storage": MLflow did not know the trial
     fields: dict[str, str] = field(default_factory=dict)  # the capacity's fields, flattened (for labels)
     stop: dict[str, Any] | None = None  # the scheduler's decision (rung, cutoff, value), when known
+    decision: str | None = None  # that decision in words (Decision.describe), when known
 
     @property
     def finished(self) -> bool:

@@ -65,10 +65,11 @@ def report_json(sweep) -> dict:
 
 def test_run_wrote_the_report_and_logged_it_to_the_parent_run(sweep):
     folder = sweep["dir"] / "report"
-    for name in ("report.md", "ap_vs_share.png", "ap_per_epoch.png", "resources.png"):
+    files = ("report.md", "ap_vs_share.png", "ap_per_epoch.png", "resources.png", "delta_vs_capacity.png")
+    for name in files:
         assert (folder / name).stat().st_size > 0, name
     logged = {a.path for a in sweep["client"].list_artifacts(sweep["summary"]["parent_run_id"])}
-    assert {"report.md", "ap_vs_share.png", "ap_per_epoch.png", "resources.png"} <= logged
+    assert set(files) <= logged
     code, out, _ = run_cli(["report", NAME, "--root", str(sweep["root"])])
     assert code == 0 and out.strip().splitlines()[-1] == str(folder / "report.md")
 
@@ -112,6 +113,8 @@ def test_table_equals_the_mlflow_runs_and_stopped_trials_stand_apart(sweep):
     assert {row["trial_id"] for row in stopped_rows} == stopped_ids
     for row in stopped_rows:
         assert row["n"] == 1 and row["epoch"] == 1
+        # ASHA's own decision from the sweep's state file, in words (Decision.describe), the dict kept too.
+        assert row["decision"].startswith("stopped at rung 1") and row["stop"]["rung"] == 1
         assert row["AP"] == runs[row["trial_id"]].data.metrics["AP"]
     for row in (r for r in data["rows"] if not r["stopped"]):
         members = [
@@ -135,8 +138,12 @@ def test_table_equals_the_mlflow_runs_and_stopped_trials_stand_apart(sweep):
         assert delta["delta"] == pytest.approx(
             pair["frozen"][delta["metric"]] - pair["finetune"][delta["metric"]]
         )
-        assert delta["verdict"] == "one seed"  # one seed each: no spread, no verdict
+        assert delta["verdict"] == "one seed"  # one seed each: no interval, no verdict
+        assert delta["ci_low"] is None and delta["ci_high"] is None
+        assert delta["paired"] is False and delta["n_pairs"] == 0
+    assert data["trends"] and {t["verdict"] for t in data["trends"]} == {"unjudged"}
     assert "n=1" in data["finding"] and "stopped early are listed apart" in data["finding"]
+    assert "No comparison has 2 seeds on each side" in data["finding"]
 
 
 def test_a_trial_whose_folder_is_gone_is_reported_from_mlflow(sweep):
