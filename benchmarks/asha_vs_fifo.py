@@ -67,7 +67,7 @@ def measure(arm: str, summary: dict[str, Any], wall: float) -> dict[str, Any]:
 
 def fifo_curves(sweep_dir: Path, seeds: int) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
     """Each FIFO trial's searched values and per-epoch history (AP, epoch_time_s), in Tune's trial order."""
-    from service.status import searched_values, trial_history
+    from service.sweep_folder import searched_values, trial_history
 
     searched = ["backbone.freeze", "neck.fpn_channels", *(["seed"] if seeds > 1 else [])]
     return [

@@ -11,7 +11,6 @@ It wires the parts that each answer one question:
 from __future__ import annotations
 
 import functools
-import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -28,13 +27,14 @@ from service.cluster.runtime import (
 from service.console import configure_logging, print_summary
 from service.live import LiveView
 from service.plots import plot_sweep
-from service.project import SPEC_FILE, check_private, check_same_spec, project_root, sweep_lock
+from service.project import check_private, check_same_spec, project_root, sweep_lock
 from service.results import FATE_STATE, SweepSummary, TrialRow, best_value
-from service.status import TRACKING_FILE, sweep_status
+from service.status import sweep_status
+from service.sweep_folder import SPEC_FILE, TRACKING_FILE, SweepFolder
 from service.tracking.callback import MlflowTrackingCallback
+from service.tracking.reads import attach_to_parent
 from service.tracking.uris import default_tracking_uri, embedded_artifact_root, mlflow_ui_command
 from service.workers.trainable import frost_trainable, trial_epochs, trial_identity
-from sweeps.asha_state import STATE_FILE as ASHA_STATE_FILE
 from sweeps.space import (
     param_space,
     ranking,
@@ -46,9 +46,7 @@ from sweeps.space import (
     tune_config_kwargs,
 )
 from sweeps.spec import SweepSpec, key_paths
-from trainers.files import read_json_or
-
-log = logging.getLogger("frost")
+from trainers.logs import log
 
 
 def sweep_dir(spec: SweepSpec, root: Path) -> Path:
@@ -67,7 +65,7 @@ def run_sweep(
     report: bool = True,
 ) -> SweepSummary:
     """Run (or resume) a sweep to the end; returns its summary (`frost run --json` prints its JSON).
-    With `report`, the sweep's report (service/report.py) is written at the end."""
+    With `report`, the sweep's report (service/report/) is written at the end."""
     configure_logging(verbose)
     check_cluster(address)  # before anything is prepared: an unreachable cluster costs seconds, not minutes
     home = project_root(root)
@@ -90,7 +88,7 @@ def run_sweep(
 
 def write_sweep_report(directory: Path) -> None:
     """Best effort: a sweep that ran is not failed by its report (`frost report NAME` writes it again)."""
-    from service.report import report_sweep
+    from service.report.write import report_sweep
 
     try:
         _, path = report_sweep(directory)
@@ -211,7 +209,7 @@ def build_tuner(spec: SweepSpec, root: Path, callback: MlflowTrackingCallback, v
     if tune.Tuner.can_restore(experiment):
         log.info("resuming sweep '%s' from %s", spec.name, experiment)
         # Restore brings back the run config and callbacks pickled at the first fit, not `callback` above
-        # (see tracking_callback); the scheduler re-reads its rungs from ASHA_STATE_FILE (sweeps/asha.py).
+        # (see tracking_callback); the scheduler re-reads its rungs from asha-state.json (sweeps/asha.py).
         return tune.Tuner.restore(
             experiment, trainable=trainable, resume_unfinished=True, resume_errored=True
         )
@@ -219,7 +217,7 @@ def build_tuner(spec: SweepSpec, root: Path, callback: MlflowTrackingCallback, v
     return tune.Tuner(
         trainable,
         param_space=param_space(spec),
-        tune_config=tune.TuneConfig(**tune_config_kwargs(spec, directory / ASHA_STATE_FILE)),
+        tune_config=tune.TuneConfig(**tune_config_kwargs(spec, SweepFolder(directory).asha_state_path)),
         run_config=tune.RunConfig(
             **run_kwargs,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
@@ -232,8 +230,8 @@ def build_tuner(spec: SweepSpec, root: Path, callback: MlflowTrackingCallback, v
 
 
 def summarize(spec: SweepSpec, results: tune.ResultGrid, directory: Path, tracking_uri: str) -> SweepSummary:
-    tracking = read_json_or(directory / TRACKING_FILE, {})
-    runs = tracking.get("trials", {})
+    tracking = SweepFolder(directory).tracking
+    runs = tracking.trials
     metric, mode = ranking(spec)
     trials = []
     build_s, build_bytes = 0.0, 0
@@ -272,30 +270,7 @@ def summarize(spec: SweepSpec, results: tune.ResultGrid, directory: Path, tracki
         expected_trials=spec.trial_count(),
         tracking_uri=tracking_uri,
         experiment=spec.experiment_name,
-        parent_run_id=tracking.get("parent_run_id"),
+        parent_run_id=tracking.parent_run_id,
         cache_build_s=build_s,
         cache_bytes=build_bytes,
     )
-
-
-def attach_to_parent(
-    tracking_uri: str,
-    parent_run_id: str | None,
-    path: Path | None = None,
-    metrics: dict[str, float] | None = None,
-) -> None:
-    """Best effort: a file or metrics on the sweep's MLflow parent run (a file stays beside the sweep anyway)."""
-    if not parent_run_id:
-        return
-    from mlflow.tracking import MlflowClient
-
-    try:
-        client = MlflowClient(tracking_uri=tracking_uri)
-        if path is not None:
-            client.log_artifact(parent_run_id, str(path))
-        for key, value in (metrics or {}).items():
-            client.log_metric(parent_run_id, key, value)
-    except Exception as exc:  # a tracking server that is down must not fail a finished sweep
-        log.warning(
-            "tracking: could not update the sweep's run (%s); %s", type(exc).__name__, path or metrics
-        )

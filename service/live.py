@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from ray import tune
 
 from service.results import is_better, is_number
-
-log = logging.getLogger("frost")
+from trainers.logs import log
 
 
 class LiveView(tune.Callback):

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from service.results import best_value, is_number
-from service.status import Unreadable, searched_values, trial_dirs, trial_history
+from service.sweep_folder import SweepFolder, Unreadable, searched_values, trial_history
 
 PLOT_FILE = "sweep.png"
 FREEZE_COLOURS = {"frozen": "#1f77b4", "finetune": "#ff7f0e", "partial": "#2ca02c"}
@@ -35,7 +35,7 @@ def _label(config: dict[str, Any]) -> str:
 def _curves(directory: Path, metric: str, mode: str, searched: list[str]) -> list[dict[str, Any]]:
     """Each trial that has evaluated an epoch: its metric per epoch, best value and last evaluated record."""
     trials: list[dict[str, Any]] = []
-    for trial_dir in trial_dirs(directory):
+    for trial_dir in SweepFolder(directory).trial_dirs():
         try:
             history = trial_history(trial_dir)
         except Unreadable:

@@ -15,7 +15,6 @@ No Ray here: `frost status` and `frost ls` import this.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import socket
 import stat
@@ -24,26 +23,26 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from service.sweep_folder import SPEC_FILE
 from trainers.errors import FrostError
 from trainers.files import try_file_lock
+from trainers.home import frost_home, use_home
+from trainers.logs import log
 
 if TYPE_CHECKING:  # `frost ls` needs no spec parsing: sweeps.spec (pydantic models) is imported where used
     from sweeps.spec import SweepSpec
 
-SPEC_FILE = "frost-sweep.yaml"
-log = logging.getLogger("frost")
-
 
 def project_root(root: str | Path | None) -> Path:
     """--root, else $FROST_HOME, else ./frost-runs. Exported as FROST_HOME so trials share data and weights."""
-    path = Path(root or os.environ.get("FROST_HOME") or "frost-runs").expanduser().resolve()
+    path = frost_home(root)
     if path.exists() and not path.is_dir():
         raise FrostError(f"--root: {path} is a file, not a project folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise FrostError(f"--root: cannot create the project folder {path} ({exc.strerror})") from None
-    os.environ["FROST_HOME"] = str(path)
+    use_home(path)
     return path
 
 

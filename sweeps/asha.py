@@ -24,10 +24,8 @@ resumed trial reports again overwrite the same epoch), so the rung value is a fu
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
@@ -47,44 +45,13 @@ from sweeps.asha_state import (
     decision_from_json,
     decision_to_json,
 )
-from sweeps.search import is_joint, key_paths
+from sweeps.replicates import configuration_id, finite_mean
 from trainers.errors import FrostError
 from trainers.files import atomic_write_json, read_json
 
 
 def _stratum_label(value: Any) -> str:
     return value if isinstance(value, str) else repr(value)
-
-
-def _plain(value: Any) -> Any:
-    # numpy scalars from Tune's samplers hash as the Python values they stand for
-    return value.item() if isinstance(value, np.generic) else repr(value)
-
-
-def _without(config: dict[str, Any], paths: Sequence[str]) -> dict[str, Any]:
-    """The config with the replicate paths left out: a flat key equal to a path, a joint key holding one (its
-    other paths are replicate paths too: validation), or a nested entry."""
-    kept: dict[str, Any] = {}
-    for key, value in config.items():
-        if key in paths or (is_joint(key) and any(p in paths for p in key_paths(key))):
-            continue
-        nested = [p[len(key) + 1 :] for p in paths if p.startswith(f"{key}.")]
-        kept[key] = _without(value, nested) if nested and isinstance(value, dict) else value
-    return kept
-
-
-def configuration_id(config: dict[str, Any], replicates_by: Sequence[str]) -> str:
-    """A stable digest of the trial's config without its replicate paths: equal for replicates of one
-    configuration, in any process (no Python hash)."""
-    text = json.dumps(_without(config, replicates_by), sort_keys=True, default=_plain, separators=(",", ":"))
-    return "config-" + hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def _mean(values: Iterable[float]) -> float:
-    """Mean of the finite values (a replicate without a metric does not void its configuration's record,
-    as Ray's cutoff ignores NaN records); NaN when none is."""
-    finite = [v for v in values if v == v]
-    return sum(finite) / len(finite) if finite else math.nan
 
 
 class PersistentASHA(AsyncHyperBandScheduler):
@@ -317,7 +284,7 @@ class PersistentASHA(AsyncHyperBandScheduler):
         recorded = next(r for m, r in bracket._rungs if m == milestone)
         members = self._members.setdefault(cid, {}).setdefault(milestone, {})
         members[trial.trial_id] = self.rung_value(trial.trial_id, epoch)
-        mean = _mean(members.values())
+        mean = finite_mean(members.values())
         judged = cid in recorded  # once per configuration and rung: later replicates only move its mean
         computed = None if judged else bracket.cutoff(recorded)
         cutoff = None if computed is None else float(cast(float, computed))

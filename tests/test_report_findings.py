@@ -1,5 +1,5 @@
 """The report's arithmetic on rows fed by hand: pairing by capacity key, mean ± std, deltas judged by their
-95% interval (service/stats.py), capacities in order of the frozen trainable share, the capacity trend, stopped
+95% interval (service/report/stats.py), capacities in order of the frozen trainable share, the capacity trend, stopped
 trials apart with their decision in words, and a finding that follows the numbers."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from service.findings import Stat, compare, stat_of
-from service.report import build_report
-from service.report_rows import ReportRow
+from service.report.findings import Stat, compare, stat_of
+from service.report.model import build_report
+from service.report.rows import ReportRow
 
 
 def row(capacity, freeze, seed, ap, ap_r=None, fate="completed", epochs=4, **metrics) -> ReportRow:
@@ -188,7 +188,7 @@ def test_stopped_trials_are_rows_of_their_own_never_averaged():
 
 def test_stopped_trials_carry_the_decision_in_words_in_json_and_markdown():
     from service.report import stop_sentence
-    from service.report_markdown import markdown
+    from service.report.markdown import markdown
 
     decision = {
         "trial_id": "A-frozen-9",
@@ -214,7 +214,7 @@ def test_stopped_trials_carry_the_decision_in_words_in_json_and_markdown():
 
 
 def test_markdown_prints_intervals_and_what_a_tie_could_resolve():
-    from service.report_markdown import markdown
+    from service.report.markdown import markdown
 
     text = markdown(build_report("s", rows_where_frozen([0.31, 0.35, 0.33], [0.30, 0.32, 0.31])), [])
     assert "| +0.020 [-0.005, +0.045] (tie) |" in text  # the headline
@@ -243,7 +243,7 @@ def test_no_baseline_no_claim():
 
 
 def test_labels_name_what_differs_between_capacities_and_minus_one_is_no_score():
-    from service.report_rows import _figures, label_capacities
+    from service.report.rows import _figures, label_capacities
 
     rows = [row("A", "frozen", 0, 0.5), row("A", "finetune", 0, 0.4), row("B", "frozen", 0, 0.3)]
     rows[0].fields = rows[1].fields = {"neck.fpn_channels": "64", "detector": "faster_rcnn"}
@@ -261,8 +261,8 @@ def test_labels_name_what_differs_between_capacities_and_minus_one_is_no_score()
 
 
 def test_delta_plot_is_written_and_named_in_the_report(tmp_path):
-    from service.report_markdown import markdown
-    from service.report_plots import delta_vs_capacity, plot_report
+    from service.report.markdown import markdown
+    from service.report.plots import delta_vs_capacity, plot_report
 
     rows = rows_where_frozen([0.30, 0.31], [0.50, 0.52], "light") + rows_where_frozen([0.6], [0.4], "heavy")
     report = build_report("s", rows)  # "heavy" has one seed: a point without an interval

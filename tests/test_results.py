@@ -5,9 +5,10 @@ import math
 
 import pytest
 
-from service.project import SPEC_FILE, check_sweep_name, find_sweep, project_root
+from service.project import check_sweep_name, find_sweep, project_root
 from service.results import SweepSummary, TrialRow, best_value
 from service.status import sweep_status
+from service.sweep_folder import SPEC_FILE
 from trainers.errors import FrostError
 
 

@@ -511,7 +511,8 @@ def test_scheduler_is_not_judged_against_a_searched_epochs_entry_that_failed(cap
 
 # ----------------------------------------------------------------------------------------- --force
 def test_a_changed_spec_is_refused_unless_forced_and_forcing_keeps_the_old_sweep(tmp_path):
-    from service.project import SPEC_FILE, check_same_spec, list_sweeps
+    from service.project import check_same_spec, list_sweeps
+    from service.sweep_folder import SPEC_FILE
 
     old = load_sweep_spec(CATALOG / "smoke.yaml")
     new = load_sweep_spec(CATALOG / "smoke.yaml", ["trial.seed=7"])

@@ -1,11 +1,11 @@
-"""service/stats.py against values derived by hand: paired and Welch intervals, verdicts, what a tie could
+"""service/report/stats.py against values derived by hand: paired and Welch intervals, verdicts, what a tie could
 resolve, the weighted capacity trend, and trend sentences whose words match their numbers."""
 
 from __future__ import annotations
 
 import pytest
 
-from service.stats import difference, t_quantile, trend, trend_sentence, welch_df
+from service.report.stats import difference, t_quantile, trend, trend_sentence, welch_df
 
 
 def seeds(*values: float, first: int = 0) -> dict[str, float]:

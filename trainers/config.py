@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -17,16 +16,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from trainers.errors import FrostError
+from trainers.home import frost_home
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v3_large")
 DETECTORS = ("faster_rcnn", "retinanet", "fcos")
 NORMS = ("none", "gn", "bn")
 _FREEZE_RE = re.compile(r"^(frozen|finetune|partial:[1-9][0-9]*)$")
-
-
-def frost_home() -> Path:
-    """The project folder of the embedded default (data, pretrained weights, sweeps, MLflow)."""
-    return Path(os.environ.get("FROST_HOME", "frost-runs")).resolve()
 
 
 class _Section(BaseModel):
@@ -45,7 +40,8 @@ class SynthSpec(_Section):
     max_objects: int = Field(4, ge=1, le=32)
     zipf: float = Field(1.5, gt=0, description="power-law exponent of class frequencies")
     version: Literal[1] = Field(
-        1, description="generator version: bumped when trainers/synth/dataset.py draws differently (new cache)"
+        1,
+        description="generator version: bumped when trainers/synth/dataset.py draws differently (new cache)",
     )
     format: Literal["coco", "lvis"] = Field(
         "coco",

@@ -56,7 +56,6 @@ def global_batches(count: int, batch_size: int, world: World) -> list[list[int]]
     return [batch for batch in batches if len(batch) >= world.size]
 
 
-
 # ---------------------------------------------------------------------------------------------- optimisation
 def build_optimizer(spec: TrialSpec, model: torch.nn.Module) -> torch.optim.Optimizer:
     # Frozen parameters are never handed to the optimizer (no weight decay drift, no momentum buffers).
@@ -79,7 +78,6 @@ def lr_factor(spec: TrialSpec, step: int, total_steps: int) -> float:
     if o.schedule == "step":
         return o.gamma ** sum(step >= m * total_steps for m in o.milestones)
     return 1.0
-
 
 
 @dataclass
@@ -161,7 +159,6 @@ class Learner:
         self.scaler.load_state_dict(state["scaler"])
 
 
-
 # ---------------------------------------------------------------------------------------------- epochs
 def train_one_epoch(
     spec: TrialSpec,
@@ -188,7 +185,9 @@ def train_one_epoch(
     start = time.perf_counter()
     for step, ((images, targets, flipped), batch) in enumerate(zip(loader, batches), start=1):
         t0 = time.perf_counter()
-        prefix = cache.read("train", [int(t["image_id"]) for t in targets], flipped) if cache is not None else None
+        prefix = (
+            cache.read("train", [int(t["image_id"]) for t in targets], flipped) if cache is not None else None
+        )
         images = [img.to(device, non_blocking=True).float().div_(255) for img in images]
         targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
         where = f"epoch {epoch} step {step}/{steps}"
@@ -318,7 +317,6 @@ def predict(
     return detections
 
 
-
 def evaluate_epoch(
     spec: TrialSpec,
     model: torch.nn.Module,
@@ -360,5 +358,3 @@ def evaluate_epoch(
         return m
 
     return world.on_main(score)
-
-

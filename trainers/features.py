@@ -27,10 +27,11 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
-from trainers.config import TrialSpec, frost_home
+from trainers.config import TrialSpec
 from trainers.data import CocoDetection, hflip
 from trainers.feature_store import LOCK_FILE, SUFFIX, CorruptShard, Shard, open_shard, write_shard
 from trainers.files import file_lock, try_file_lock
+from trainers.home import frost_home
 from trainers.logs import log
 from trainers.models import FrostBackbone
 

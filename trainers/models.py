@@ -54,7 +54,6 @@ CUT_OUTPUT = "cut"  # forward_prefix's name for the last frozen output when no r
 PrefixSource = Callable[[Tensor], "OrderedDict[str, Tensor]"]
 
 
-
 # ------------------------------------------------------------------------------------------- backbone
 class FrostBackbone(nn.Module):
     """Classifier trunk (`body`) + `neck`, split so a cached body output can replace `forward_body`."""

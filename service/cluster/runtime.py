@@ -21,8 +21,7 @@ import ray
 
 from sweeps.spec import SweepSpec
 from trainers.errors import FrostError
-
-log = logging.getLogger("frost")
+from trainers.logs import log
 
 
 def check_cluster(address: str | None, timeout: float = 10.0) -> None:

@@ -7,10 +7,10 @@ from pathlib import Path
 
 
 def _root(args: argparse.Namespace) -> Path:
-    from trainers.config import frost_home
     from trainers.features import cache_root  # torch: only for `frost cache`, not every command
+    from trainers.home import frost_home
 
-    return cache_root(Path(args.root).expanduser().resolve() if args.root else frost_home())
+    return cache_root(frost_home(args.root))
 
 
 def _mib(size: int) -> str:

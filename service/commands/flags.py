@@ -13,6 +13,7 @@ class Parser(argparse.ArgumentParser):
         self.print_usage(sys.stderr)
         self.exit(2, f"frost: error: {message}\n")
 
+
 ROOT_HELP = "project folder (default $FROST_HOME or ./frost-runs)"
 JOBS_ADDRESS_HELP = "the head's Ray Jobs API, http://HEAD:8265 (default $RAY_API_SERVER_ADDRESS)"
 

@@ -89,7 +89,8 @@ def _sweep_exit_code(summary: SweepSummary) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from service.driver import run_sweep
-    from service.project import SPEC_FILE, find_sweep, project_root
+    from service.project import find_sweep, project_root
+    from service.sweep_folder import SPEC_FILE
     from sweeps.spec import load_sweep_spec
 
     root = project_root(args.root)
@@ -101,8 +102,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from service.project import SPEC_FILE, find_sweep, project_root
+    from service.project import find_sweep, project_root
     from service.status import sweep_status
+    from service.sweep_folder import SPEC_FILE
     from sweeps.spec import load_sweep_spec
 
     job = None

@@ -17,19 +17,17 @@ A trial whose folder is not on this machine (it ran on another node without shar
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from service.report_plots import pyplot, save_figure
+from service.report.plots import pyplot, save_figure
 from service.results import is_number
-from service.status import Unreadable, trial_history
+from service.sweep_folder import Unreadable, trial_history
 from trainers.files import read_json_or
 
-log = logging.getLogger("frost")
 PREDICTION_IMAGES = 3
 PREDICTION_SCORE = 0.3
 CURVE_METRICS = ("AP", "AP_r", "AP_c", "AP_f")

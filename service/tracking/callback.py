@@ -6,7 +6,6 @@ train and report to Ray Tune, and this callback turns their events into the trac
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,8 +16,7 @@ from service.tracking.tracker import SweepTracker, shared_tracker
 from sweeps.asha_state import STATE_FILE as ASHA_STATE_FILE
 from sweeps.asha_state import read_decisions
 from trainers.files import flatten
-
-log = logging.getLogger("frost")
+from trainers.logs import log
 
 # Tune's own bookkeeping in every result: not metrics of the trial.
 _TUNE_RESULT_KEYS = frozenset(

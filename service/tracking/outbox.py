@@ -7,15 +7,13 @@ operation MLflow has applied; lines at or below it are done. A line cut by a cra
 from __future__ import annotations
 
 import json
-import logging
 import os
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from service.tracking.ops import OPERATION, Operation
-
-log = logging.getLogger("frost")
+from trainers.logs import log
 
 
 class Outbox:

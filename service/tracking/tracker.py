@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import collections
 import copy
-import logging
 import threading
 import uuid
 from collections.abc import Callable
@@ -25,8 +24,8 @@ from service.tracking.uris import embedded_artifact_root
 from service.tracking.writer import MlflowWriter, is_permanent
 from trainers.errors import FrostError
 from trainers.files import atomic_write_json, read_json
+from trainers.logs import log
 
-log = logging.getLogger("frost")
 STATE_VERSION = 1
 
 

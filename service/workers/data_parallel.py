@@ -30,6 +30,7 @@ from sweeps.space import worker_resources
 from sweeps.spec import SweepSpec
 from trainers.config import TrialSpec
 from trainers.files import atomic_write_json
+from trainers.home import use_home
 from trainers.reporting import ReplayingReporter
 
 
@@ -131,7 +132,7 @@ def worker_loop(config: dict[str, Any]) -> None:
 
     from trainers.train import run_trial
 
-    os.environ["FROST_HOME"] = config["home"]  # same data, weights and feature cache on every worker
+    use_home(config["home"])  # same data, weights and feature cache on every worker
     trial = TrialSpec.model_validate(config["trial"])
     out_dir = Path(config["out_dir"])
     context = ray.train.get_context()

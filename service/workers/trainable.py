@@ -6,7 +6,6 @@ from its own newest epoch checkpoint, not from the (lagging) experiment-state sn
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from service.workers.trial_log import trial_log
 from sweeps.space import trial_run_name, trial_spec_for, trial_tags
 from sweeps.spec import SweepSpec
 from trainers.files import flatten, read_json_or
+from trainers.home import use_home
 from trainers.reporting import ReplayingReporter
 
 
@@ -33,7 +33,7 @@ def frost_trainable(config: dict[str, Any], sweep: dict[str, Any], trials_dir: s
     """One Ray Tune trial: the trainer on the trial's spec, resuming from its own directory when restarted."""
     from trainers.train import run_trial
 
-    os.environ["FROST_HOME"] = home  # the driver's project folder: same data and weights on every worker
+    use_home(home)  # the driver's project folder: same data and weights on every worker
     spec = SweepSpec.model_validate(sweep)
     trial = trial_spec_for(spec, config)
     out_dir = Path(trials_dir) / tune.get_context().get_trial_id()

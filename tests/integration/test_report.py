@@ -17,7 +17,7 @@ import yaml
 from helpers import run_cli, tiny_sweep
 from mlflow.tracking import MlflowClient
 
-from service.report_rows import TABLE_METRICS
+from service.report.rows import TABLE_METRICS
 
 pytestmark = pytest.mark.integration
 

@@ -24,9 +24,10 @@ import torch
 import torchvision
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from trainers.config import BACKBONES, apply_overrides, format_validation_error, frost_home
+from trainers.config import BACKBONES, apply_overrides, format_validation_error
 from trainers.errors import FrostError, TrainingError
 from trainers.files import atomic_writer, file_lock
+from trainers.home import frost_home
 from trainers.logs import log
 from trainers.synth.dataset import GENERATOR_VERSION
 from trainers.synth.kinds import COLOURS, SHAPES, TEXTURES, catalogue

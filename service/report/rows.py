@@ -8,8 +8,7 @@ epoch for AP and friends, which are logged only when evaluated). docs/report.md.
 
 from __future__ import annotations
 
-import logging
-import sys
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,10 +16,8 @@ from typing import Any
 import yaml
 
 from service.results import is_number
-from service.status import TRACKING_FILE, Unreadable, trial_dirs, trial_history
-from trainers.files import read_json_or
-
-log = logging.getLogger("frost")
+from service.sweep_folder import SweepFolder, Unreadable, trial_history
+from trainers.logs import log
 
 # COCO's -1: no class of that bucket in the val split (trainers/evaluate.py); not a score to average.
 AP_METRICS = ("AP", "AP50", "AP_r", "AP_c", "AP_f")
@@ -111,35 +108,11 @@ def row_from_run(run: Any) -> ReportRow:
     )
 
 
-def mlflow_rows(tracking_uri: str, experiment_id: str, parent_run_id: str) -> list[ReportRow]:
-    """Every child run of the sweep's parent run, as rows (progress on stderr for long sweeps)."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri)
-    where = f"tags.`mlflow.parentRunId` = '{parent_run_id}'"
-    runs: list[Any] = []
-    token = None
-    while True:
-        page = client.search_runs([experiment_id], filter_string=where, max_results=500, page_token=token)
-        runs.extend(page)
-        print(f"frost: report: {len(runs)} trial runs read from MLflow", file=sys.stderr, flush=True)
-        token = page.token
-        if not token:
-            return [row_from_run(run) for run in runs]
-
-
 def epoch_history(tracking_uri: str, rows: list[ReportRow], metric: str = "AP") -> dict[str, list[tuple]]:
     """trial_id -> [(epoch, value)] of `metric` from MLflow (for the per-epoch plot)."""
-    from mlflow.tracking import MlflowClient
+    from service.tracking.reads import metric_histories
 
-    client = MlflowClient(tracking_uri=tracking_uri)
-    history = {}
-    for count, row in enumerate([r for r in rows if r.run_id], start=1):
-        points = client.get_metric_history(str(row.run_id), metric)
-        history[row.trial_id] = sorted((p.step, p.value) for p in points)
-        if count % 20 == 0:
-            print(f"frost: report: {count} curves read", file=sys.stderr, flush=True)
-    return history
+    return metric_histories(tracking_uri, [(r.trial_id, str(r.run_id)) for r in rows if r.run_id], metric)
 
 
 def storage_row(trial_dir: Path, record: dict[str, Any]) -> ReportRow | None:
@@ -170,16 +143,17 @@ def storage_row(trial_dir: Path, record: dict[str, Any]) -> ReportRow | None:
     )
 
 
-def sweep_rows(directory: Path, stop_decisions: dict[str, dict[str, Any]] | None = None) -> list[ReportRow]:
-    """Every trial of the sweep: MLflow's runs, then trials only the folder knows. `stop_decisions`
-    (trial_id -> the scheduler's decision: rung, cutoff, value) is attached to the stopped trials."""
-    tracking = read_json_or(directory / TRACKING_FILE, {})
-    tracking = tracking if isinstance(tracking, dict) else {}
+def sweep_rows(folder: SweepFolder) -> list[ReportRow]:
+    """Every trial of the sweep: MLflow's runs, then trials only the folder knows; each stopped trial with
+    the scheduler's decision (its fields in `stop`, its sentence in `decision`)."""
+    tracking = folder.tracking
     rows: list[ReportRow] = []
-    uri, experiment, parent = (tracking.get(k) for k in ("tracking_uri", "experiment_id", "parent_run_id"))
-    if uri and experiment and parent:
+    if tracking.tracking_uri and tracking.experiment_id and tracking.parent_run_id:
+        from service.tracking.reads import child_runs
+
         try:
-            rows = mlflow_rows(uri, experiment, parent)
+            runs = child_runs(tracking.tracking_uri, tracking.experiment_id, tracking.parent_run_id)
+            rows = [row_from_run(run) for run in runs]
         except Exception as exc:  # MLflow down: the folder still tells what this machine holds
             log.warning(
                 "report: MLflow unreachable (%s: %s); reading the sweep's folder only",
@@ -187,15 +161,15 @@ def sweep_rows(directory: Path, stop_decisions: dict[str, dict[str, Any]] | None
                 exc,
             )
     known = {row.trial_id for row in rows}
-    records = tracking.get("trials")
-    records = records if isinstance(records, dict) else {}
-    for trial_dir in trial_dirs(directory):
+    for trial_dir in folder.trial_dirs():
         if trial_dir.name not in known:
-            row = storage_row(trial_dir, records.get(trial_dir.name) or {})
+            row = storage_row(trial_dir, tracking.trials.get(trial_dir.name, {}))
             if row is not None:
                 rows.append(row)
+    decisions = folder.decisions
     for row in rows:
-        if stop_decisions and row.trial_id in stop_decisions:
-            row.stop = dict(stop_decisions[row.trial_id])
+        decision = decisions.get(row.trial_id)
+        if decision is not None:
+            row.stop, row.decision = dataclasses.asdict(decision), decision.describe()
     label_capacities(rows)
     return sorted(rows, key=lambda r: (r.capacity, r.freeze, r.seed, r.trial_id))

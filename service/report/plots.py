@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from service.plots import FREEZE_COLOURS
 
 if TYPE_CHECKING:
-    from service.report import Report
+    from service.report.model import Report
 
 
 def _colour(freeze: str) -> str:

@@ -1,21 +1,16 @@
-"""`frost report NAME`: the sweep's answer to "frozen or fine-tuned, at which capacity, at what cost".
-
-Reads the sweep's trials from MLflow and its folder (service/report_rows.py), groups the finished ones by
-(capacity key, freeze mode), compares every mode with fine-tuned at each capacity (service/findings.py),
-draws the plots (service/report_plots.py) and writes `report.md` + PNGs into the sweep's folder, logged to the
-sweep's MLflow parent run. docs/report.md describes the layout and the rules.
+"""The report's model, pure: rows in, groups by (capacity, freeze mode), deltas against fine-tuned with their
+intervals, capacity trends and the finding out (service/report/findings.py, stats.py). The unit tests feed it
+rows by hand; service/report/write.py feeds it a sweep's. docs/report.md describes the rules.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from service.findings import (
+from service.report.findings import (
     BASELINE,
     CapacityTrend,
     Comparison,
@@ -27,14 +22,8 @@ from service.findings import (
     lead_metrics,
     stat_of,
 )
-from service.report_rows import AP_METRICS, METRICS, ReportRow, sweep_rows
-from service.status import TRACKING_FILE
-from sweeps.asha_state import STATE_FILE as ASHA_STATE_FILE
-from sweeps.asha_state import Decision, read_decisions
-from trainers.files import atomic_write_text, read_json_or
+from service.report.rows import AP_METRICS, METRICS, ReportRow
 
-log = logging.getLogger("frost")
-REPORT_FILE = "report.md"
 DELTA_METRICS = AP_METRICS
 FROZEN = "frozen"  # the mode whose trainable share is the capacity axis (Vasconcelos et al.)
 
@@ -73,7 +62,10 @@ class Report:
     comparisons: list[Comparison]
     capacities: list[str]  # in capacity order (frozen trainable share, then head parameters; lightest first)
     running: bool
-    leads: tuple[str, ...] = ("AP", "AP_r")  # the sweep's metric and AP_r (service/findings.py lead_metrics)
+    leads: tuple[str, ...] = (
+        "AP",
+        "AP_r",
+    )  # the sweep's metric and AP_r (service/report/findings.py lead_metrics)
     trends: list[CapacityTrend] = dataclasses.field(default_factory=list)
 
     @property
@@ -205,99 +197,3 @@ def build_report(
 
 def _stopped_without_decision(row: ReportRow) -> str:
     return f"stopped at epoch {row.epochs} of {row.planned_epochs or '?'} (no scheduler decision recorded)"
-
-
-def stop_sentence(stop: dict[str, Any]) -> str:
-    """A decision handed in as a dict (`stop_decisions`), in words: the scheduler's own sentence when the
-    dict is a Decision's fields, else its items named."""
-    try:
-        return Decision(**stop).describe()
-    except TypeError:
-        return "stopped by the scheduler: " + ", ".join(f"{k} {v}" for k, v in stop.items())
-
-
-def sweep_metric_of(directory: Path) -> str:
-    """The scheduler metric of the sweep's saved spec (AP, the spec's default, when it cannot be read)."""
-    from service.project import SPEC_FILE
-    from sweeps.spec import load_sweep_spec
-    from trainers.errors import FrostError
-
-    try:
-        return load_sweep_spec(directory / SPEC_FILE).scheduler.metric
-    except FrostError as exc:
-        log.warning("report: the sweep's spec is unreadable (%s); AP leads the finding", exc)
-        return "AP"
-
-
-def sweep_report(directory: Path, stop_decisions: dict[str, dict[str, Any]] | None = None) -> Report:
-    """The report of the sweep in `directory`. `stop_decisions`: trial_id -> the scheduler's decision
-    (rung, cutoff, value; sweeps/asha.py read_decisions once merged), shown with the stopped trials."""
-    sentences: dict[str, str] = {}
-    if stop_decisions is None:  # the scheduler's own record of each stop (sweeps/asha.py)
-        decisions = read_decisions(directory / ASHA_STATE_FILE)
-        stop_decisions = {tid: dataclasses.asdict(d) for tid, d in decisions.items()}
-        sentences = {tid: d.describe() for tid, d in decisions.items()}
-    rows = sweep_rows(directory, stop_decisions)
-    for row in rows:
-        if row.stop is not None:
-            row.decision = sentences.get(row.trial_id) or stop_sentence(row.stop)
-    tracking = read_json_or(directory / TRACKING_FILE, {})
-    running = isinstance(tracking, dict) and tracking.get("parent_status") == "RUNNING"
-    return build_report(directory.name, rows, running=running, sweep_metric=sweep_metric_of(directory))
-
-
-def write_report(directory: Path, report: Report, tracking_uri: str | None = None) -> Path:
-    """report.md and the PNGs in the sweep's folder; logged to the parent run (best effort)."""
-    from service.report_markdown import markdown
-    from service.report_plots import plot_report
-
-    out = directory / "report"
-    out.mkdir(exist_ok=True)
-    history = {}
-    if tracking_uri and any(r.run_id for r in report.rows):
-        from service.report_rows import epoch_history
-
-        try:
-            history = epoch_history(tracking_uri, report.rows)
-        except Exception as exc:  # MLflow down: the plot goes without curves
-            log.warning("report: no per-epoch curves from MLflow (%s)", type(exc).__name__)
-    plots = plot_report(report, history, out)
-    path = out / REPORT_FILE
-    atomic_write_text(path, markdown(report, [p.name for p in plots]))
-    tracking = read_json_or(directory / TRACKING_FILE, {})
-    parent = tracking.get("parent_run_id") if isinstance(tracking, dict) else None
-    if tracking_uri and parent:
-        from mlflow.tracking import MlflowClient
-
-        try:
-            MlflowClient(tracking_uri=tracking_uri).log_artifacts(parent, str(out))
-        except Exception as exc:  # the report stays in the sweep's folder either way
-            log.warning(
-                "report: not logged to the sweep's MLflow run (%s); it is at %s", type(exc).__name__, path
-            )
-    return path
-
-
-def report_sweep(
-    directory: Path, stop_decisions: dict[str, dict[str, Any]] | None = None
-) -> tuple[Report, Path]:
-    """Build and write the sweep's report (`frost report`, and the end of `frost run`)."""
-    report = sweep_report(directory, stop_decisions)
-    tracking = read_json_or(directory / TRACKING_FILE, {})
-    uri = tracking.get("tracking_uri") if isinstance(tracking, dict) else None
-    return report, write_report(directory, report, uri)
-
-
-def report_command(name: str, root: str | None, form: str) -> int:
-    """`frost report NAME`: md prints the finding then the path of report.md (last line); json one object."""
-    import json
-
-    from service.project import find_sweep, project_root
-
-    report, path = report_sweep(find_sweep(name, project_root(root)))
-    if form == "json":
-        print(json.dumps(report.to_json()))
-    else:
-        print(report.finding)
-        print(path)
-    return 0

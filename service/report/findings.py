@@ -1,6 +1,6 @@
 """The numbers a report compares, and the finding paragraph written from them.
 
-Rules (docs/report.md; the statistics are service/stats.py):
+Rules (docs/report.md; the statistics are service/report/stats.py):
 - A cell is the mean ± sample standard deviation over the seeds of one (capacity, freeze mode) that ran to
   the end; n is their count. Stopped, errored or running trials are never in a cell.
 - A delta is mode − fine-tuned of the means with its 95% interval: paired over the seeds when both sides ran
@@ -19,7 +19,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from service.stats import (
+from service.report.stats import (
     BETTER,
     ONE_SEED,
     TIE,
@@ -56,7 +56,7 @@ def stat_of(values: list[float]) -> Stat | None:
 
 @dataclass(frozen=True)
 class Delta:
-    """`freeze` − BASELINE on `metric` at one capacity, with its interval (service/stats.py)."""
+    """`freeze` − BASELINE on `metric` at one capacity, with its interval (service/report/stats.py)."""
 
     capacity: str
     label: str
@@ -168,7 +168,7 @@ class Comparison:
 
 @dataclass(frozen=True)
 class CapacityTrend:
-    """Δ (`freeze` − fine-tuned) on `metric` across the capacities, lightest first (service/stats.py)."""
+    """Δ (`freeze` − fine-tuned) on `metric` across the capacities, lightest first (service/report/stats.py)."""
 
     freeze: str
     metric: str
@@ -216,7 +216,7 @@ def _ratio(what: str, pair: tuple[Stat, Stat] | None, freeze: str) -> str | None
 
 def lead_metrics(sweep_metric: str) -> tuple[str, ...]:
     """The sweep's own metric (when it is an AP metric; AP otherwise) and AP_r, the rare classes."""
-    from service.report_rows import AP_METRICS
+    from service.report.rows import AP_METRICS
 
     lead = sweep_metric if sweep_metric in AP_METRICS else "AP"
     return (lead,) if lead == "AP_r" else (lead, "AP_r")

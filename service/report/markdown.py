@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from service.findings import BASELINE
+from service.report.findings import BASELINE
 
 if TYPE_CHECKING:
-    from service.report import Report
-    from service.report_rows import ReportRow
+    from service.report.model import Report
+    from service.report.rows import ReportRow
 
 
 def _cell(report: Report, capacity: str, freeze: str, metric: str) -> str:
@@ -59,7 +59,7 @@ def headline(report: Report) -> list[str]:
 
 
 def detail(report: Report, capacity: str) -> list[str]:
-    from service.report_rows import TABLE_METRICS
+    from service.report.rows import TABLE_METRICS
 
     modes = _modes(report)
     others = [m for m in modes if m != BASELINE]
