@@ -19,8 +19,9 @@ LIGHT_TRIAL: dict[str, Any] = {
 }
 
 
-def frost(args: list[str], home: Path) -> tuple[dict[str, Any], float]:
-    """Run `frost ARGS` with FROST_HOME=home; returns (its JSON summary, wall seconds)."""
+def frost(args: list[str], home: Path, stderr: list[str] | None = None) -> tuple[dict[str, Any], float]:
+    """Run `frost ARGS` with FROST_HOME=home; returns (its JSON summary, wall seconds). `stderr`, when given,
+    receives the command's stderr."""
     start = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-m", "service.cli", *args],
@@ -30,6 +31,8 @@ def frost(args: list[str], home: Path) -> tuple[dict[str, Any], float]:
         check=False,
     )
     wall = time.perf_counter() - start
+    if stderr is not None:
+        stderr.append(done.stderr)
     if done.returncode != 0:
         sys.exit(f"frost {' '.join(args)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1]), wall

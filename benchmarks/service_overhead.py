@@ -8,7 +8,9 @@ MLflow store. Part 2 runs a grid of --sweep-trials trials (over `optim.lr`), 2 a
 the first trial of each process imports torch and torchvision. The built-in data and weights come from the
 project folder (made once beforehand, outside the timings).
 
-    python benchmarks/service_overhead.py [--repeats 2] [--epochs 3] [--sweep-trials 4]
+    python benchmarks/service_overhead.py [--repeats 2] [--epochs 3] [--sweep-trials 4] [--no-sweeps]
+
+The last `frost run` of part 1 is profiled (`--profile-startup`): its timeline is printed after the table.
 """
 
 from __future__ import annotations
@@ -27,9 +29,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--sweep-trials", type=int, default=4)
+    parser.add_argument("--no-sweeps", action="store_true", help="part 1 only")
     args = parser.parse_args()
     trial = {**LIGHT_TRIAL, "train": {**LIGHT_TRIAL["train"], "epochs": args.epochs}}
     walls: dict[str, list[float]] = {"frost train": [], "frost run": []}
+    profiles: list[str] = []  # each `frost run`'s stderr, its --profile-startup timeline at the end
     with tempfile.TemporaryDirectory() as tmp:
         home = project_home()
         # Shared inputs first (the data set and the builtin classifier), outside the timings.
@@ -44,10 +48,10 @@ def main() -> None:
                      "resources": {"cpus": 2}, **private_storage(Path(tmp))}  # fmt: skip
             spec = write_spec(Path(tmp) / f"sweep-{round_}.yaml", sweep)
             print(f"round {round_ + 1}/{args.repeats}: frost run ...", file=sys.stderr, flush=True)
-            _, wall = frost(["run", str(spec), "--json"], home)
+            _, wall = frost(["run", str(spec), "--json", "--profile-startup"], home, profiles)
             walls["frost run"].append(wall)
         lrs = [round(0.02 * 0.8**n, 6) for n in range(args.sweep_trials)]
-        for round_ in range(args.repeats):
+        for round_ in range(0 if args.no_sweeps else args.repeats):
             for reuse in (True, False):
                 name = f"reuse-{str(reuse).lower()}-{round_}"
                 sweep = {"name": name, "trial": trial, "search": {"optim.lr": {"grid": lrs}},
@@ -63,6 +67,13 @@ def main() -> None:
     print(f"{'frost train':<14}{bare:>9.1f}{1.0:>8.2f}")
     print(f"{'frost run':<14}{service:>9.1f}{service / bare:>8.2f}")
     print(f"overhead: {service - bare:.1f} s per sweep (Ray start-up, Tune, MLflow tracking)")
+    timeline = [line for line in profiles[-1].splitlines() if line.startswith("frost:   ")]
+    print(
+        "\nWhere the last `frost run` went (--profile-startup; s since the process started, + since the mark before)"
+    )
+    print("\n".join(line.removeprefix("frost: ") for line in timeline))
+    if args.no_sweeps:
+        return
     reused, fresh = (statistics.median(walls[f"reuse_actors {k}"]) for k in ("true", "false"))
     print(
         f"\nA sweep of {args.sweep_trials} such trials, 2 at a time on 1 CPU each, median of {args.repeats}"

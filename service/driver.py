@@ -17,6 +17,7 @@ from typing import Any
 
 from ray import tune
 
+from service import timeline
 from service.cluster.runtime import (
     check_cluster,
     check_trials_fit,
@@ -80,9 +81,11 @@ def run_sweep(
             print_summary(status, _browse(status.tracking_uri or default_tracking_uri(home), home))
             return status
         prepare_inputs(spec)
+        timeline.mark("data and builtin weights checked")
         summary = _fit(spec, home, directory, address, verbose)
     if report:
         write_sweep_report(directory)
+        timeline.mark("report written")
     return summary
 
 
@@ -107,6 +110,7 @@ def _fit(spec: SweepSpec, home: Path, directory: Path, address: str | None, verb
         ray_session(address, home, verbose, state_api=spec.resources.workers_per_trial > 1),
         sigterm_stops_gracefully(),
     ):
+        timeline.mark("Ray started")
         fits = check_trials_fit(spec, address)
         if spec.resources.workers_per_trial > 1:
             log.info(
@@ -118,7 +122,11 @@ def _fit(spec: SweepSpec, home: Path, directory: Path, address: str | None, verb
         # epochs (eval.every > 1): Tune would end the sweep at the first unevaluated epoch. The spec's own
         # validation already checks the metric name and that ASHA's rungs fall on evaluated epochs.
         os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
-        results = build_tuner(spec, home, callback, verbose).fit()
+        tuner = build_tuner(spec, home, callback, verbose)
+        timeline.mark("Tuner built")
+        results = tuner.fit()
+        timeline.mark("Tuner.fit returned (tracking drained)")
+    timeline.mark("Ray shut down")
     summary = summarize(spec, results, directory, tracking_uri)
     plot = plot_sweep(directory, summary.metric, summary.mode, spec.searched_paths)
     if plot is not None:
@@ -127,7 +135,9 @@ def _fit(spec: SweepSpec, home: Path, directory: Path, address: str | None, verb
     if summary.cache_bytes:
         cache = {"cache_build_s": summary.cache_build_s, "cache_bytes": float(summary.cache_bytes)}
         attach_to_parent(tracking_uri, summary.parent_run_id, metrics=cache)
+    timeline.mark("plot drawn and attached")
     print_summary(summary, _browse(tracking_uri, home))
+    timeline.mark("summary printed")
     return summary
 
 

@@ -6,6 +6,7 @@ from typing import Any
 
 from ray import tune
 
+from service import timeline
 from service.results import is_better, is_number
 from trainers.logs import log
 
@@ -35,6 +36,7 @@ class LiveView(tune.Callback):
         )
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        timeline.mark(f"trial {trial.trial_id} started (its actor is up)")
         self._line(trial, "running")
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
@@ -42,9 +44,11 @@ class LiveView(tune.Callback):
         if isinstance(value, (int, float)) and is_number(value):
             if is_better(float(value), self.best.get(trial.trial_id), self.mode):
                 self.best[trial.trial_id] = float(value)
+        timeline.mark(f"trial {trial.trial_id} reported epoch {result.get('epoch', '?')}")
         self._line(trial, "running", result)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        timeline.mark(f"trial {trial.trial_id} complete")
         self._line(trial, "done")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

@@ -166,7 +166,9 @@ QUIET_LOGGERS = ("ray", "mlflow", "alembic")
 @contextlib.contextmanager
 def library_logs_to(log_file: Path, verbose: bool) -> Iterator[None]:
     """Ray's and MLflow's driver-side Python logging goes to `log_file` instead of the console (unless
-    `verbose`): the console is frost's (service/console.py)."""
+    `verbose`): the console is frost's (service/console.py). So does whatever is printed on stdout meanwhile:
+    Ray Tune prints its configuration box and "View detailed results here ... TensorBoard" with `print`, not
+    as log records, and `frost run --json`'s stdout must hold frost's lines only."""
     if verbose:
         yield
         return
@@ -182,7 +184,8 @@ def library_logs_to(log_file: Path, verbose: bool) -> Iterator[None]:
         saved[name] = (logger.handlers[:], logger.propagate)
         logger.handlers, logger.propagate = [handler], False
     try:
-        yield
+        with log_file.open("a") as printed, contextlib.redirect_stdout(printed):
+            yield
     finally:
         for name, (handlers, propagate) in saved.items():
             logger = logging.getLogger(name)

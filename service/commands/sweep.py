@@ -68,15 +68,23 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from service import timeline
+
+    if args.profile_startup:
+        timeline.enable()
     from service.driver import run_sweep
     from sweeps.spec import load_sweep_spec
 
     spec = load_sweep_spec(args.spec, args.set)
     _check_spec(spec, args.allow_large)
+    timeline.mark("spec loaded and checked (driver imported)")
     report = not args.no_report
     summary = run_sweep(spec, args.root, args.address, args.force, args.verbose, report)
     if args.json:
         print(json.dumps(summary.to_json()))
+    if args.profile_startup:
+        timeline.mark("done")
+        timeline.print_timeline()
     return _sweep_exit_code(summary)
 
 
@@ -174,6 +182,7 @@ def add_sweep_parsers(sub: Any) -> None:
     force(run)
     allow_large(run)
     flag(run, "--no-report", "skip the report at the end (frost report NAME)")
+    flag(run, "--profile-startup", "print where the sweep's wall time went (stderr): imports, Ray, Tune, ...")
     overrides(run)
     run.set_defaults(func=cmd_run, starts_ray=True)
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from ray import tune
 
+from service import timeline
 from service.tracking.tracker import SweepTracker, shared_tracker
 from sweeps.asha_state import STATE_FILE as ASHA_STATE_FILE
 from sweeps.asha_state import read_decisions
@@ -155,6 +156,7 @@ class MlflowTrackingCallback(tune.Callback):
         total_num_samples: int | None = None,
         **info: Any,
     ) -> None:
+        timeline.mark("Tune set up; tracking starts (its writer thread opens MLflow's store)")
         self.tracker.start_sweep(
             self.sweep_name, self.experiment, self.spec_yaml, self.spec_hash, self.search_space, wait_s=0
         )
@@ -207,11 +209,14 @@ class MlflowTrackingCallback(tune.Callback):
         without a fate did not finish: its run and the parent become KILLED, reopened on resume."""
         tracker = self.tracker
         unfinished = [t.trial_id for t in trials if tracker.fate(t.trial_id) is None]
+        timeline.mark("last trial ended; tracking drains")
         if unfinished:
             tracker.mark_interrupted()
         else:
             tracker.end_sweep("FINISHED")
-        if not tracker.close(self.flush_timeout_s):
+        closed = tracker.close(self.flush_timeout_s)
+        timeline.mark("tracking drained")
+        if not closed:
             log.warning(
                 "tracking: %d MLflow operations still pending; they are kept in %s and sent when the sweep "
                 "is next opened",

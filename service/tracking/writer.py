@@ -17,6 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from service.tracking.ops import (
+
+# MLflow 3's UI opens an experiment in its GenAI view (traces, judges) unless the experiment says it holds model
+# training runs: with this tag it lands on the runs table, where a sweep's trials and their metrics are.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
     BATCH,
     FATE_STATUS,
     MAX_TAG_VALUE,
@@ -117,7 +121,9 @@ class MlflowWriter:
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
             try:
-                experiment_id = client.create_experiment(name, artifact_location=self.artifact_root)
+                experiment_id = client.create_experiment(
+                    name, artifact_location=self.artifact_root, tags=dict([EXPERIMENT_KIND])
+                )
             except Exception as exc:  # created by someone else meanwhile
                 if getattr(exc, "error_code", None) != "RESOURCE_ALREADY_EXISTS":
                     raise
@@ -126,6 +132,8 @@ class MlflowWriter:
             if experiment.lifecycle_stage == "deleted":
                 client.restore_experiment(experiment.experiment_id)
             experiment_id = experiment.experiment_id
+            if experiment.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
+                client.set_experiment_tag(experiment_id, *EXPERIMENT_KIND)
         self.record(lambda s: s.update(experiment_id=experiment_id))
         return experiment_id
 

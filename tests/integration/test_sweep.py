@@ -40,6 +40,15 @@ def test_run_prints_the_json_summary_last(sweep):
     assert "epoch" in sweep["stderr"] and "[" in sweep["stderr"]  # the live view
 
 
+def test_stdout_holds_only_the_json_summary(sweep):
+    """Ray Tune prints its configuration box and "View detailed results ..." on stdout: they go to
+    driver.log, so `--json`'s stdout is the summary alone."""
+    lines = [line for line in sweep["stdout"].splitlines() if line.strip()]
+    assert len(lines) == 1 and json.loads(lines[0])["name"] == "tiny-asha", lines[:5]
+    driver_log = (sweep["root"] / "sweeps" / "tiny-asha" / "driver.log").read_text()
+    assert "Configuration for experiment" in driver_log or "View detailed results" in driver_log
+
+
 def test_the_console_shows_frost_lines_and_ray_output_goes_to_the_sweep_log(sweep):
     lines = [line for line in sweep["stderr"].splitlines() if line.strip()]
     foreign = [line for line in lines if not line.startswith(("frost: ", "  "))]
