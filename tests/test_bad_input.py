@@ -5,8 +5,11 @@ Each case is run through the real command line (in-process); none may reach trai
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -110,6 +113,91 @@ def test_storage_every_user_may_write_is_refused(tmp_path, capsys):
     spec = Path(__file__).resolve().parents[1] / "sweeps" / "catalog" / "smoke.yaml"
     _assert_user_error(main(["run", str(spec), "--root", str(root)]), capsys, "writable by every user")
     assert not (root / "sweeps").exists()
+
+
+# --------------------------------------------------------------------------------------------- output folders
+@contextlib.contextmanager
+def _unwritable(folder: Path):
+    """`folder`, which no write into can succeed: mode 0500 for a normal user; for root, whom permission bits do
+    not stop, the immutable flag of ext4 (chattr +i), which stops root too. Skipped where neither works."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        folder.chmod(0o500)
+        try:
+            yield folder
+        finally:
+            folder.chmod(0o700)
+        return
+    if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("root ignores permission bits and this file system has no immutable flag (chattr +i)")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
+def _out_argv(command: str, target: Path) -> list[str]:
+    return {
+        "train": ["train", "--out", str(target)],
+        "synth": ["data", "synth", str(target), "--set", "train_images=2", "--set", "val_images=1"],
+        "pretrain": ["pretrain", "--out", str(target / "p.pt")],
+    }[command]
+
+
+@pytest.mark.parametrize("command", ["train", "synth", "pretrain"])
+@pytest.mark.parametrize("kind", ["is-a-file", "under-a-file", "not-writable"])
+def test_an_output_folder_that_cannot_be_written(tmp_path, capsys, command, kind):
+    needle = {"train": "--out", "synth": "OUT_DIR", "pretrain": "--out"}[command]
+    if kind == "is-a-file":
+        target = tmp_path / "out"
+        target.write_text("x")
+        if command == "pretrain":  # pretrain's --out is a file: its folder is the one that must be writable
+            target = tmp_path / "f"
+            target.write_text("x")
+            argv = ["pretrain", "--out", str(target / "sub" / "p.pt")]
+        else:
+            argv = _out_argv(command, target)
+        _assert_user_error(main(argv), capsys, needle, "file")
+    elif kind == "under-a-file":
+        (tmp_path / "f").write_text("x")
+        target = tmp_path / "f" / "deeper" / "out"
+        _assert_user_error(
+            main(_out_argv(command, target)), capsys, needle, f"{tmp_path / 'f'}, which is a file"
+        )
+    else:
+        with _unwritable(tmp_path / "locked") as locked:
+            target = locked / "out" if command != "pretrain" else locked
+            _assert_user_error(main(_out_argv(command, target)), capsys, needle, "not writable")
+
+
+def test_pretrain_out_naming_a_folder(tmp_path, capsys):
+    _assert_user_error(main(["pretrain", "--out", str(tmp_path)]), capsys, "--out", "is a folder")
+
+
+def _saved_sweep(root: Path, name: str = "smoke") -> Path:
+    folder = root / "sweeps" / name
+    folder.mkdir(parents=True)
+    shutil.copy(CATALOG / "smoke.yaml", folder / "frost-sweep.yaml")
+    return folder
+
+
+@pytest.mark.parametrize("kind", ["is-a-file", "symlink-to-a-file", "not-writable"])
+def test_a_report_folder_that_cannot_be_written(tmp_path, capsys, kind):
+    folder = _saved_sweep(tmp_path)
+    if kind == "is-a-file":
+        (folder / "report").write_text("x")
+        needle = "is a file"
+    elif kind == "symlink-to-a-file":
+        (tmp_path / "elsewhere").write_text("x")
+        (folder / "report").symlink_to(tmp_path / "elsewhere")
+        needle = "is a file"
+    else:
+        needle = "not writable"
+    with contextlib.ExitStack() as stack:
+        if kind == "not-writable":
+            stack.enter_context(_unwritable(folder / "report"))
+        code = main(["report", "smoke", "--root", str(tmp_path)])
+    _assert_user_error(code, capsys, "report folder", str(folder / "report"), needle)
 
 
 # --------------------------------------------------------------------------------------------- datasets
