@@ -46,6 +46,21 @@ def project_root(root: str | Path | None) -> Path:
     return path
 
 
+def existing_project_root(root: str | Path | None) -> Path:
+    """The project folder for commands that only read it (`ls`, `status`, `report`, `cache`): like
+    project_root, but a missing folder is refused rather than created, so a mistyped --root says so instead of
+    answering "nothing there"."""
+    path = frost_home(root)
+    if path.exists() and not path.is_dir():
+        raise FrostError(f"--root: {path} is a file, not a project folder")
+    if not path.is_dir():
+        raise FrostError(
+            f"--root: no project folder at {path} (`frost run` creates one; give --root or set FROST_HOME)"
+        )
+    use_home(path)
+    return path
+
+
 def check_private(*paths: Path) -> None:
     """Refuse storage that every user may write: Ray Tune unpickles a sweep's experiment state from it on
     restore, so whoever can write there can run code as the sweep's owner (docs/stack.md)."""

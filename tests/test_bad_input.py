@@ -412,3 +412,200 @@ def test_random_mutations_of_catalog_specs_never_crash(tmp_path, capsys, data, c
     captured = capsys.readouterr()
     assert code in (0, 2), captured.err[-2000:]
     assert "Traceback" not in captured.err
+
+
+# --------------------------------------------------------------------------------------------- state files
+@pytest.mark.parametrize(
+    "content",
+    [b"\xff\x00garbage", b"[]", b'"boom"', b'{"epoch": 1}', b'{"error": 5}', b"", None],
+    ids=["garbage", "list", "string", "no-error", "error-not-text", "empty", "folder"],
+)
+def test_a_failure_record_frost_did_not_write_is_bad_input(tmp_path, capsys, content):
+    out = tmp_path / "out"
+    out.mkdir()
+    if content is None:
+        (out / "failed.json").mkdir()
+    else:
+        (out / "failed.json").write_bytes(content)
+    code = main(["train", "--out", str(out), "--set", "train.epochs=1"])
+    _assert_user_error(code, capsys, str(out / "failed.json"), "remove it")
+
+
+def test_a_real_failure_record_is_still_a_training_failure(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "failed.json").write_text('{"epoch": 2, "error": "non-finite loss"}')
+    assert main(["train", "--out", str(out)]) == 1
+    assert "non-finite loss" in capsys.readouterr().err
+
+
+def _trial_folder(folder: Path, trial_id: str = "t1") -> Path:
+    """A trial folder as the trainer leaves it: its spec and one epoch's history."""
+    from trainers.config import TrialSpec, dump_trial_spec
+
+    trial = folder / "trials" / trial_id
+    (trial / "checkpoints" / "epoch-0001").mkdir(parents=True)
+    dump_trial_spec(TrialSpec(), trial / "trial.yaml")
+    (trial / "checkpoints" / "epoch-0001" / "history.json").write_text('[{"epoch": 1, "AP": 0.25}]')
+    return trial
+
+
+_TRACKING_MAPS = {
+    "fate-a-list": {"trials": {"t1": {"fate": ["completed"], "status": "FINISHED"}}},
+    "fate-a-number": {"trials": {"t1": {"fate": 5, "run_id": {"id": 1}}}},
+    "status-an-object": {"trials": {"t1": {"status": {"RUNNING": True}}}},
+    "record-a-list": {"trials": {"t1": ["completed"]}},
+    "record-a-string": {"trials": {"t1": "completed"}},
+    "trials-a-list": {"trials": [{"t1": {}}]},
+    "uri-a-number": {"tracking_uri": 5, "parent_status": ["RUNNING"], "trials": {}},
+}
+
+
+@pytest.mark.parametrize("case", list(_TRACKING_MAPS))
+def test_a_foreign_shaped_tracking_map_does_not_break_status(tmp_path, capsys, case):
+    folder = _saved_sweep(tmp_path)
+    _trial_folder(folder)
+    (folder / "tracking.json").write_text(json.dumps(_TRACKING_MAPS[case]))
+    assert main(["status", "smoke", "--root", str(tmp_path), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    status = json.loads(captured.out.strip().splitlines()[-1])
+    assert [t["trial_id"] for t in status["trials"]] == ["t1"]
+
+
+@pytest.mark.parametrize("case", ["fate-a-list", "fate-a-number", "record-a-list", "trials-a-list"])
+def test_a_foreign_shaped_tracking_map_does_not_break_the_report(tmp_path, capsys, case):
+    folder = _saved_sweep(tmp_path)
+    _trial_folder(folder)
+    (folder / "tracking.json").write_text(json.dumps(_TRACKING_MAPS[case]))
+    assert main(["report", "smoke", "--root", str(tmp_path), "--format", "json"]) == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    assert json.loads(captured.out.strip().splitlines()[-1])["sweep"] == "smoke"
+    assert (folder / "report" / "report.md").is_file()
+
+
+def _decision(**changes):
+    decision = {
+        "trial_id": "t1", "stratum": "(all)", "rung": 1, "epoch": 1, "metric": "AP", "rung_metric": "last",
+        "value": 0.1, "cutoff": 0.2, "configuration": "", "replicates_by": [], "replicates": {}, "trials": ["t1"],
+    }  # fmt: skip
+    decision.update(changes)
+    return decision
+
+
+@pytest.mark.parametrize(
+    "decision",
+    [
+        _decision(value="0.1"),
+        _decision(cutoff="0.2"),
+        _decision(rung="1"),
+        _decision(epoch=1.5),
+        _decision(trials="t1"),
+        _decision(replicates={"t1": "0.1"}),
+        _decision(metric=None),
+        "stopped",
+    ],
+    ids=[
+        "value-text",
+        "cutoff-text",
+        "rung-text",
+        "epoch-float",
+        "trials-text",
+        "replicate-text",
+        "metric-null",
+        "not-an-object",
+    ],  # fmt: skip
+)
+def test_a_foreign_shaped_asha_decision_is_skipped_with_one_line(tmp_path, capsys, decision):
+    folder = _saved_sweep(tmp_path)
+    _trial_folder(folder)
+    state = {"format": "frost.asha/2", "decisions": {"c1": decision, "c2": _decision(trials=["t2"])}}
+    (folder / "asha-state.json").write_text(json.dumps(state))
+    assert main(["status", "smoke", "--root", str(tmp_path), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    assert "1 ASHA decision(s) of the wrong shape skipped" in captured.err
+    status = json.loads(captured.out.strip().splitlines()[-1])
+    assert [t["extra"]["asha"] if "extra" in t else t.get("asha") for t in status["trials"]] == [None]
+
+
+def test_asha_decisions_that_are_not_a_mapping_are_ignored(tmp_path, capsys):
+    folder = _saved_sweep(tmp_path)
+    _trial_folder(folder)
+    (folder / "asha-state.json").write_text(json.dumps({"format": "frost.asha/2", "decisions": [1, 2]}))
+    assert main(["status", "smoke", "--root", str(tmp_path)]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------- the feature cache
+def _cache_key_dir(root: Path) -> Path:
+    directory = root / "cache" / "features" / "k1"
+    directory.mkdir(parents=True)
+    return directory
+
+
+def _shard_bytes(header) -> bytes:
+    from trainers.feature_store import MAGIC
+
+    raw = json.dumps(header).encode()
+    return MAGIC + len(raw).to_bytes(8, "little") + raw + bytes(32)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        [],
+        {"key": []},
+        {"key": {"backbone": "resnet18"}, "image_ids": "1,2", "record": []},
+        {"key": {}, "image_ids": [1], "record": [["a", "float32"]]},
+        {"key": {}, "image_ids": [1], "record": [["a", "no-such-dtype", [2]]]},
+        {"key": {}, "image_ids": [True], "record": [["a", "float32", [2]]]},
+    ],
+    ids=["list", "key-a-list", "ids-text", "field-short", "dtype-unknown", "ids-bools"],
+)
+@pytest.mark.parametrize("command", ["ls", "du", "clear"])
+def test_a_shard_header_of_the_wrong_shape_does_not_break_the_cache_commands(
+    tmp_path, capsys, header, command
+):
+    from trainers.feature_store import CorruptShard, open_shard
+
+    directory = _cache_key_dir(tmp_path)
+    (directory / "s.fc").write_bytes(_shard_bytes(header))
+    assert main(["cache", command, "--root", str(tmp_path)]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    if command == "ls":  # and a trial reading it treats it as corrupt (rebuilt), not as a crash
+        with pytest.raises(CorruptShard, match="header"):
+            open_shard(directory / "s.fc", {})
+
+
+@pytest.mark.parametrize("debris", ["folder", "empty-file", "short-file"])
+def test_folders_and_empty_files_are_not_counted_as_shards(tmp_path, capsys, debris):
+    directory = _cache_key_dir(tmp_path)
+    if debris == "folder":
+        (directory / "x.fc").mkdir()
+    else:
+        (directory / "x.fc").write_bytes(b"" if debris == "empty-file" else b"FROSTFC1")
+    assert main(["cache", "ls", "--root", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "0 shard(s)" in out, out
+
+
+def test_a_key_lock_that_is_a_folder_is_skipped_with_one_line(tmp_path, capsys):
+    directory = _cache_key_dir(tmp_path)
+    (directory / ".lock").mkdir()
+    assert main(["cache", "clear", "--root", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    assert "kept k1: its lock" in captured.out and directory.is_dir()
+
+
+@pytest.mark.parametrize("command", ["ls", "du", "clear"])
+@pytest.mark.parametrize("kind", ["a-file", "missing", "under-a-file"])
+def test_cache_root_checks_match_the_other_commands(tmp_path, capsys, command, kind):
+    (tmp_path / "f").write_text("x")
+    root = {"a-file": tmp_path / "f", "missing": tmp_path / "nowhere", "under-a-file": tmp_path / "f" / "r"}[
+        kind
+    ]
+    _assert_user_error(main(["cache", command, "--root", str(root)]), capsys, "--root", str(root))
+    assert not (tmp_path / "nowhere").exists()
