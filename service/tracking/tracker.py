@@ -100,7 +100,8 @@ class SweepTracker:
         state = read_json(self.state_path, "tracking state")
         if not isinstance(state, dict) or not isinstance(state.get("trials"), dict):
             raise FrostError(f"tracking state {self.state_path}: not a tracking state file")
-        foreign = [str(tid)[:80] for tid, record in state["trials"].items() if not isinstance(record, dict)]
+        records: dict[str, Any] = state["trials"]
+        foreign = [str(tid)[:80] for tid, record in records.items() if not isinstance(record, dict)]
         if foreign:  # the writer folds operations into these records: one it cannot index is not its own
             raise FrostError(
                 f"tracking state {self.state_path}: the record of trial {foreign[0]!r} is not an object; restore "
