@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from service.sweep_folder import SPEC_FILE
-from trainers.errors import FrostError
+from trainers.errors import FrostError, shown
 from trainers.files import try_file_lock
 from trainers.home import frost_home, use_home
 from trainers.logs import log
@@ -85,7 +85,7 @@ def check_sweep_name(name: str) -> str:
     """A sweep NAME on the command line names a folder under sweeps/, never a path elsewhere."""
     if not name or name != name.strip() or "/" in name or "\\" in name or name in (".", "..") or "\0" in name:
         raise FrostError(
-            f"sweep name {name!r}: a sweep is named by its spec's `name` (no '/', '..' or spaces)"
+            f"sweep name {shown(name)}: a sweep is named by its spec's `name` (no '/', '..' or spaces)"
         )
     return name
 

@@ -12,6 +12,7 @@ from pydantic import Field, field_validator
 from sweeps.samplers import ChoiceSampler, GridSampler, _Strict
 from sweeps.search import Problem, _possible_values, is_joint, key_paths, searched_paths
 from trainers.config import TrialSpec
+from trainers.errors import shown
 from trainers.reporting import EVAL_METRICS, REPORTED_METRICS
 
 # Metrics a scheduler may rank by: everything the trainer reports except the time attribute itself.
@@ -140,7 +141,7 @@ def metric_problems(scheduler: AshaSpec | FifoSpec) -> list[Problem]:
         problems.append(
             (
                 ("metric",),
-                f"{scheduler.metric!r} is not a metric the trainer reports; one of {', '.join(SCHEDULER_METRICS)}",
+                f"{shown(scheduler.metric)} is not a metric the trainer reports; one of {', '.join(SCHEDULER_METRICS)}",
             )
         )
     direction = METRIC_DIRECTIONS.get(scheduler.metric)
@@ -148,7 +149,7 @@ def metric_problems(scheduler: AshaSpec | FifoSpec) -> list[Problem]:
         problems.append(
             (
                 ("mode",),
-                f"{scheduler.mode!r} would favour the worst trials: {scheduler.metric} wants mode: {direction}",
+                f"{shown(scheduler.mode)} would favour the worst trials: {scheduler.metric} wants mode: {direction}",
             )
         )
     return problems
@@ -204,11 +205,20 @@ def strata_problems(asha: AshaSpec, search: dict[str, Any]) -> list[Problem]:
         return []
     sampler = search.get(path)
     if sampler is None:
-        searched = ", ".join(search) or "nothing"
+        joint = [key for key in search if is_joint(key) and path in key_paths(key)]
+        if joint:  # searched, but drawn together with other paths: a stratum would hold several of them
+            return [
+                (
+                    ("stratify_by",),
+                    f"{shown(path)} is searched only jointly, in the key {shown(joint[0])}; strata need a path "
+                    "searched on a key of its own",
+                )
+            ]
+        searched = ", ".join(searched_paths(search)) or "nothing"
         return [
             (
                 ("stratify_by",),
-                f"{path!r} is not searched (searched: {searched}); strata need a searched path",
+                f"{shown(path)} is not searched (searched: {searched}); strata need a searched path",
             )
         ]
     if not isinstance(sampler, (GridSampler, ChoiceSampler)):
@@ -246,7 +256,7 @@ def replicates_problems(paths: list[str], search: dict[str, Any], stratify_by: s
             problems.append(
                 (
                     ("replicates_by",),
-                    f"{path!r} is not searched (searched: {', '.join(searched) or 'nothing'}); replicates "
+                    f"{shown(path)} is not searched (searched: {', '.join(searched) or 'nothing'}); replicates "
                     "are values of a searched path",
                 )
             )
@@ -254,7 +264,7 @@ def replicates_problems(paths: list[str], search: dict[str, Any], stratify_by: s
             problems.append(
                 (
                     ("replicates_by",),
-                    f"{path!r} is scheduler.stratify_by: a stratum holds one value of it, so its trials "
+                    f"{shown(path)} is scheduler.stratify_by: a stratum holds one value of it, so its trials "
                     "cannot be replicates of one configuration",
                 )
             )
@@ -267,7 +277,7 @@ def replicates_problems(paths: list[str], search: dict[str, Any], stratify_by: s
             problems.append(
                 (
                     ("replicates_by",),
-                    f"{', '.join(inside)} shares the joint search key {key!r} with {', '.join(others)}, "
+                    f"{', '.join(inside)} shares the joint search key {shown(key)} with {', '.join(others)}, "
                     "which is not a replicate path: its replicates would differ in configuration; search "
                     "it on its own key",
                 )

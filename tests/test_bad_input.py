@@ -240,6 +240,18 @@ def _mutations():
         "ann-not-object": (lambda d: d["annotations"].__setitem__(0, []), "annotations[0]"),
         "bbox-strings": (ann("bbox", ["a", "b", "c", "d"]), "bbox must be numbers"),
         "bbox-short": (ann("bbox", [1, 2]), "bbox must be [x, y, w, h]"),
+        "bbox-nan-x": (ann("bbox", [float("nan"), 1, 2, 2]), "not a finite number"),
+        "bbox-inf-width": (ann("bbox", [1, 1, float("inf"), 2]), "not a finite number"),
+        "bbox-minus-inf-y": (ann("bbox", [1, float("-inf"), 2, 2]), "not a finite number"),
+        "bbox-nan-height": (ann("bbox", [1, 1, 2, float("nan")]), "not a finite number"),
+        "neg-ids-unknown": (image("neg_category_ids", [999]), "neg_category_ids: unknown category id"),
+        "not-exhaustive-unknown": (
+            image("not_exhaustive_category_ids", [1, 12345]),
+            "not_exhaustive_category_ids: unknown category id",
+        ),
+        "neg-ids-negative": (image("neg_category_ids", [-1]), "neg_category_ids: unknown category id"),
+        "neg-ids-zero": (image("neg_category_ids", [0, 1]), "neg_category_ids: unknown category id"),
+        "file-name-huge": (image("file_name", "../" * 5000), "characters)"),
         "images-not-list": (lambda d: d.__setitem__("images", {}), "missing list(s): images"),
         "top-level-list": (None, "expected a COCO object"),
     }
@@ -609,3 +621,142 @@ def test_cache_root_checks_match_the_other_commands(tmp_path, capsys, command, k
     ]
     _assert_user_error(main(["cache", command, "--root", str(root)]), capsys, "--root", str(root))
     assert not (tmp_path / "nowhere").exists()
+
+
+# --------------------------------------------------------------------------------------------- numbers and sizes
+def _bomb(levels: int, width: int, flow: bool = False) -> str:
+    """A YAML "billion laughs" of few aliases: `levels` anchors of `width` aliases each (width**levels nodes)."""
+    names = [f"l{i}" for i in range(levels + 1)]
+    rows = [f"&{names[0]} [{', '.join(['x'] * width)}]"]
+    rows += [f"&{names[i + 1]} [{', '.join([f'*{names[i]}'] * width)}]" for i in range(levels)]
+    if flow:
+        return "[" + ", ".join(rows) + "]"
+    return "".join(f"k{i}: {row}\n" for i, row in enumerate(rows))
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["train", "--out", "{tmp}/o", "--set", "optim.milestones=[0]"], "optim.milestones"),
+        (["train", "--out", "{tmp}/o", "--set", "optim.milestones=[1.5]"], "optim.milestones"),
+        (["train", "--out", "{tmp}/o", "--set", "optim.milestones=[0.5, -0.25]"], "optim.milestones"),
+        (["train", "--out", "{tmp}/o", "--set", "optim.milestones=[.nan]"], "optim.milestones"),
+        (["train", "--out", "{tmp}/o", "--set", "optim.milestones=[1]"], "optim.milestones"),
+        (["train", "--out", "{tmp}/o", "--set", "cache.budget_mb=1e300"], "cache.budget_mb"),
+        (["train", "--out", "{tmp}/o", "--set", "cache.budget_mb=.inf"], "cache.budget_mb"),
+        (["train", "--out", "{tmp}/o", "--set", "cache.budget_mb=1e12"], "cache.budget_mb"),
+        (["validate", "{catalog}/smoke.yaml", "--set", "trial.optim.milestones=[2]"], "optim.milestones"),
+        (["validate", "{catalog}/smoke.yaml", "--set", "trial.cache.budget_mb=1e308"], "cache.budget_mb"),
+    ],
+)
+def test_numbers_out_of_range_are_refused_naming_the_field(tmp_path, capsys, argv, needle):
+    argv = [a.format(tmp=tmp_path, catalog=CATALOG) for a in argv]
+    _assert_user_error(main(argv), capsys, needle)
+    assert not (tmp_path / "o" / "checkpoints").exists()
+
+
+_LONG = 5000
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["validate", "{catalog}/smoke.yaml", "--set", "name=" + "x" * _LONG],
+        ["validate", "{catalog}/smoke.yaml", "--set", "trial.backbone.freeze=" + "y" * _LONG],
+        ["train", "--out", "{tmp}/o", "--set", "backbone.freeze=" + "y" * _LONG],
+        ["train", "--out", "{tmp}/o", "--set", "z" * _LONG],
+        ["train", "--out", "{tmp}/o", "--set", "optim.milestones=[" + "2, " * _LONG + "2]"],
+        ["status", "n" * _LONG + "/x", "--root", "{tmp}"],
+        ["validate", "{catalog}/smoke.yaml", "--set", "scheduler.stratify_by=" + "s" * _LONG],
+    ],
+    ids=[
+        "sweep-name",
+        "sweep-freeze",
+        "trial-freeze",
+        "set-no-equals",
+        "milestones",
+        "sweep-arg",
+        "stratify",
+    ],
+)
+def test_a_long_user_value_is_cut_in_the_message(tmp_path, capsys, argv):
+    argv = [a.replace("{tmp}", str(tmp_path)).replace("{catalog}", str(CATALOG)) for a in argv]
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err[-2000:]
+    assert "characters)" in err, err[:2000]
+    assert max(len(line) for line in err.splitlines()) < 1000, err[:2000]
+
+
+def test_a_long_value_in_a_spec_file_is_cut_in_the_message(tmp_path, capsys):
+    path = tmp_path / "spec.yaml"
+    path.write_text(f"backbone: {{freeze: '{'w' * _LONG}'}}\n")
+    code = main(["train", str(path), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "backbone.freeze" in err and "characters)" in err, err[:2000]
+    assert max(len(line) for line in err.splitlines()) < 1000
+
+
+@pytest.mark.parametrize(("levels", "width"), [(9, 9), (6, 10), (4, 40), (3, 50)])
+@pytest.mark.parametrize("command", ["train", "validate"])
+def test_an_alias_bomb_of_few_aliases_is_refused_before_it_expands(tmp_path, capsys, levels, width, command):
+    path = tmp_path / "spec.yaml"
+    path.write_text(_bomb(levels, width))
+    argv = (
+        ["train", str(path), "--out", str(tmp_path / "o")] if command == "train" else ["validate", str(path)]
+    )
+    _assert_user_error(main(argv), capsys, "spec.yaml", "aliases expand")
+
+
+@pytest.mark.parametrize(
+    ("value", "needle"),
+    [
+        ("data.synth=" + _bomb(9, 9, flow=True), "aliases expand"),
+        ("data.synth=" + _bomb(5, 12, flow=True), "aliases expand"),
+        ("train.epochs=" + "[" * 200 + "]" * 200, "nested"),
+        ("train.epochs=" + "1" * (70 << 10), "at most"),
+    ],
+    ids=["bomb-9x9", "bomb-5x12", "deep", "huge"],
+)
+@pytest.mark.parametrize("command", ["train", "validate"])
+def test_set_values_have_the_limits_of_spec_files(tmp_path, capsys, value, needle, command):
+    if command == "train":
+        argv = ["train", "--out", str(tmp_path / "o"), "--set", value]
+    else:
+        argv = ["validate", str(CATALOG / "smoke.yaml"), "--set", f"trial.{value}"]
+    _assert_user_error(main(argv), capsys, "--set", needle)
+
+
+def test_a_few_honest_aliases_still_load(tmp_path, capsys):
+    path = tmp_path / "spec.yaml"
+    path.write_text("optim: &o {lr: 0.01}\ntrain: {epochs: 1}\n")
+    assert main(["validate", str(CATALOG / "smoke.yaml")]) == 0
+    from trainers.config import read_yaml
+
+    assert read_yaml(path)["optim"] == {"lr": 0.01}
+
+
+@pytest.mark.parametrize(
+    "search",
+    [
+        {"backbone.freeze,neck.fpn_channels": {"grid": [["frozen", 64], ["finetune", 128]]}},
+        {"neck.fpn_channels,backbone.freeze": {"grid": [[64, "frozen"], [128, "finetune"]]}},
+        {
+            "optim.lr": {"grid": [0.01, 0.02]},
+            "backbone.freeze,neck.fpn_channels,heads.box_fc": {
+                "choice": [["frozen", 64, 128], ["finetune", 64, 64]]
+            },
+        },
+    ],
+    ids=["first", "second", "among-three"],
+)
+def test_stratifying_by_a_path_of_a_joint_key_says_so_without_contradiction(tmp_path, capsys, search):
+    spec = yaml.safe_load((CATALOG / "smoke.yaml").read_text())
+    spec["search"] = search
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    code = main(["validate", str(path)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "stratify_by" in err and "searched only jointly" in err, err
+    assert "is not searched" not in err, err

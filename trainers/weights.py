@@ -12,7 +12,7 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-from trainers.errors import FrostError
+from trainers.errors import FrostError, shown
 from trainers.trunks import IMAGENET_WEIGHTS, build_classifier, is_head_key, layout_of
 
 
@@ -143,7 +143,7 @@ def _unwrap_state(raw: Any, backbone: str, source: str) -> dict[str, Tensor]:
     arch = raw.get("arch")
     if arch is not None and arch != backbone:
         raise FrostError(
-            f"backbone.weights: {source}: checkpoint is for {arch!r} but backbone.name is {backbone!r}"
+            f"backbone.weights: {source}: checkpoint is for {shown(arch)} but backbone.name is {shown(backbone)}"
         )
     for key in ("state_dict", "model"):
         if isinstance(raw.get(key), dict):
