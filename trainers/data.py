@@ -98,12 +98,18 @@ def _id_problems(records: list, section: str) -> list[str]:
     return problems
 
 
+def leaves_folder(file_name: str) -> bool:
+    """An annotation's `file_name` that would be read from outside its image folder (absolute, or via `..`):
+    the loader refuses it, and every other reader of annotations must too."""
+    return Path(file_name).is_absolute() or ".." in Path(file_name).parts
+
+
 def _image_problems(i: int, image: dict) -> list[str]:
     problems = []
     name = image.get("file_name")
     if not isinstance(name, str) or not name:
         problems.append(f"images[{i}].file_name: expected a path, got {shown(name)}")
-    elif Path(name).is_absolute() or ".." in Path(name).parts:
+    elif leaves_folder(name):
         problems.append(f"images[{i}].file_name: {shown(name)} leaves the image folder")
     for key in ("width", "height"):
         if not _is_size(image.get(key)):

@@ -105,13 +105,19 @@ def _imagenet_state(backbone: str) -> tuple[Any, str]:
 
     if _offline():
         raise unavailable("FROST_OFFLINE is set, so no download was tried")
+    # Fetched to a file, then loaded like every other checkpoint (weights_only=True): torch.hub's
+    # load_state_dict_from_url would unpickle whatever the URL served (docs/stack.md, "Loading files safely").
+    # torchvision's file names carry their sha256 prefix, checked as the bytes arrive (torch.hub's check_hash).
+    match = torch.hub.HASH_REGEX.search(path.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
     try:
-        state = torch.hub.load_state_dict_from_url(
-            url, model_dir=str(path.parent), map_location="cpu", progress=False, check_hash=True
-        )
+        torch.hub.download_url_to_file(url, str(partial), match.group(1) if match else None, progress=False)
+        os.replace(partial, path)
     except Exception as exc:
+        partial.unlink(missing_ok=True)
         raise unavailable(f"the download failed ({type(exc).__name__}: {exc})") from None
-    return state, str(path)
+    return read_checkpoint(path), str(path)
 
 
 def _download(url: str) -> Path:
