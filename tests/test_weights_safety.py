@@ -85,7 +85,9 @@ def test_imagenet_weights_served_as_a_pickle_never_run(tmp_path, monkeypatch):
     with pytest.raises(FrostError, match="not a readable PyTorch checkpoint"):
         load_classifier_state("resnet18", "imagenet")
     assert not marker.exists()
-    assert served == [(url, cached.name.split("-")[-1].split(".")[0])]  # the file name's sha256 prefix is checked
+    assert served == [
+        (url, cached.name.split("-")[-1].split(".")[0])
+    ]  # the file name's sha256 prefix is checked
 
 
 def test_imagenet_weights_planted_in_the_hub_cache_never_run(tmp_path, monkeypatch):
