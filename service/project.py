@@ -62,13 +62,29 @@ def existing_project_root(root: str | Path | None) -> Path:
 
 
 def check_private(*paths: Path) -> None:
-    """Refuse storage that every user may write: Ray Tune unpickles a sweep's experiment state from it on
-    restore, so whoever can write there can run code as the sweep's owner (docs/stack.md)."""
+    """Refuse storage anyone but its owner may write: Ray Tune unpickles a sweep's experiment state from it on
+    restore, so whoever can write there (every user, a group, or the folder's owner when that is someone else)
+    can run code as the sweep's owner (docs/stack.md). Each refusal says the command that fixes it."""
+    me = os.geteuid()
     for path in paths:
-        if path.exists() and path.stat().st_mode & stat.S_IWOTH:
+        try:
+            info = path.stat()
+        except FileNotFoundError:
+            continue
+        if info.st_mode & stat.S_IWOTH:
             raise FrostError(
                 f"{path} is writable by every user: a sweep's storage must be writable only by its owner "
                 f"(Ray Tune unpickles its state from there); run `chmod o-w {path}`"
+            )
+        if info.st_mode & stat.S_IWGRP:
+            raise FrostError(
+                f"{path} is writable by its group: a sweep's storage must be writable only by its owner "
+                f"(Ray Tune unpickles its state from there); run `chmod g-w {path}`"
+            )
+        if info.st_uid != me:
+            raise FrostError(
+                f"{path} is owned by uid {info.st_uid}, not by you (uid {me}): its owner can change what Ray "
+                f"Tune unpickles from there; use storage of your own, or run `chown {me} {path}` if it is yours"
             )
 
 

@@ -106,6 +106,28 @@ def test_an_unreachable_cluster_fails_at_once_before_anything_is_prepared(tmp_pa
     assert not (tmp_path / "sweeps").exists()  # nothing prepared, nothing written
 
 
+@pytest.mark.parametrize("where", ["root", "sweeps", "sweep"])
+@pytest.mark.parametrize("kind", ["group-writable", "other-owner"])
+def test_storage_others_may_write_is_refused(tmp_path, capsys, kind, where):
+    root = tmp_path / "root"
+    target = {"root": root, "sweeps": root / "sweeps", "sweep": root / "sweeps" / "smoke"}[where]
+    target.mkdir(parents=True)
+    spec = Path(__file__).resolve().parents[1] / "sweeps" / "catalog" / "smoke.yaml"
+    if kind == "group-writable":
+        target.chmod(0o775)
+        _assert_user_error(main(["run", str(spec), "--root", str(root)]), capsys, str(target), "chmod g-w")
+        return
+    if os.geteuid() != 0:
+        pytest.skip("giving a folder to another user needs root")
+    other = os.geteuid() + 4242  # a uid that is not ours
+    os.chown(target, other, -1)
+    try:
+        code = main(["run", str(spec), "--root", str(root)])
+    finally:
+        os.chown(target, os.geteuid(), -1)
+    _assert_user_error(code, capsys, str(target), f"owned by uid {other}", "chown")
+
+
 def test_storage_every_user_may_write_is_refused(tmp_path, capsys):
     root = tmp_path / "root"
     root.mkdir()
