@@ -8,6 +8,7 @@ import copy
 import importlib.metadata
 import importlib.util
 import json
+import os
 import re
 import shlex
 import shutil
@@ -816,3 +817,30 @@ def test_checkers_catch_what_they_guard_against():
     filled[0]["stringData"]["auth_token"] = "0123abcd"
     assert placeholder_problems(filled)
     assert image_problems(kube_objects(), ray_up(), "registry.example.com/frost:9.9.9")
+
+
+@pytest.mark.parametrize("before", [None, 0o644], ids=["created", "already-0644"])
+def test_local_cluster_leaves_the_ray_token_readable_by_its_owner_only(tmp_path, before):
+    """ensure_token, run alone (no cluster is started): Ray's token file ends 0600 however it began."""
+    import stat as stat_module
+
+    token = tmp_path / ".ray" / "auth_token"
+    if before is not None:
+        token.parent.mkdir()
+        token.write_text("0123456789abcdef0123456789abcdef\n")
+        token.chmod(before)
+    script = DEPLOY / "local-cluster.sh"
+    function = re.search(r"^ensure_token\(\) \{.*?^\}", script.read_text(), re.S | re.M)
+    assert function is not None
+    env = {**os.environ, "HOME": str(tmp_path), "PYTHON": sys.executable, "HERE": str(DEPLOY)}
+    for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        env.pop(name, None)
+    done = subprocess.run(
+        ["bash", "-c", f"set -euo pipefail\n{function.group(0)}\nensure_token"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert token.is_file() and stat_module.S_IMODE(token.stat().st_mode) == 0o600
