@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import numpy as np
 from pydantic import Field, field_validator
@@ -132,6 +133,25 @@ class TrackingSpec(_Strict):
         None, min_length=1, description="MLflow tracking URI; None: SQLite under the project folder"
     )
     experiment: str | None = Field(None, min_length=1, description="MLflow experiment; None: the sweep name")
+
+    @field_validator("uri")
+    @classmethod
+    def _no_credentials(cls, value: str | None) -> str | None:
+        # The URI is saved in frost-sweep.yaml and tracking.json and shown in logs: a password in it would
+        # land in all of them. The value is not echoed (it holds the secret).
+        if value is not None and "://" in value:
+            try:
+                parts = urlsplit(value)
+                credentials = parts.username is not None or parts.password is not None
+            except ValueError:
+                credentials = "@" in value.split("://", 1)[1].split("/", 1)[0]
+            if credentials:
+                raise ValueError(
+                    "carries credentials (user:password@); give the bare URI and pass them as "
+                    "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the "
+                    "environment, so they land in no saved file"
+                )
+        return value
 
 
 def metric_problems(scheduler: AshaSpec | FifoSpec) -> list[Problem]:

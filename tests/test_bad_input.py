@@ -782,3 +782,28 @@ def test_stratifying_by_a_path_of_a_joint_key_says_so_without_contradiction(tmp_
     assert code == 2, err
     assert "stratify_by" in err and "searched only jointly" in err, err
     assert "is not searched" not in err, err
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "https://alice:hunter2-secret@mlflow.example.com",
+        "http://alice:hunter2-secret@127.0.0.1:5000",
+        "https://hunter2-secret@mlflow.example.com/path",
+        "postgresql+psycopg2://alice:hunter2-secret@db.example.com/mlflow",
+    ],
+)
+@pytest.mark.parametrize("how", ["file", "set"])
+def test_a_tracking_uri_with_credentials_is_refused_and_never_echoed(tmp_path, capsys, uri, how):
+    spec = yaml.safe_load((CATALOG / "smoke.yaml").read_text())
+    argv = ["validate", str(tmp_path / "sweep.yaml")]
+    if how == "file":
+        spec["tracking"] = {"uri": uri}
+    else:
+        argv += ["--set", f"tracking.uri={uri}"]
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(spec))
+    code = main(argv)
+    captured = capsys.readouterr()
+    assert code == 2, captured.err
+    assert "tracking.uri" in captured.err and "credentials" in captured.err
+    assert "hunter2" not in captured.err + captured.out
