@@ -82,7 +82,11 @@ ensure_token() {
     export RAY_AUTH_MODE=token
     if [[ -z ${RAY_AUTH_TOKEN:-} && -z ${RAY_AUTH_TOKEN_PATH:-} ]]; then
         # Creates ~/.ray/auth_token once (it is never printed here); clients on this machine pick it up.
-        "$PYTHON" "$HERE/loopback_ray.py" get-auth-token --generate >/dev/null
+        # Ray writes it 0644, readable by every local user: the umask and the chmod keep it the operator's.
+        (umask 077 && "$PYTHON" "$HERE/loopback_ray.py" get-auth-token --generate >/dev/null)
+        chmod 600 "$HOME/.ray/auth_token"
+    elif [[ -n ${RAY_AUTH_TOKEN_PATH:-} && -f $RAY_AUTH_TOKEN_PATH ]]; then
+        chmod 600 "$RAY_AUTH_TOKEN_PATH"
     fi
 }
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from service.sweep_folder import SPEC_FILE
-from trainers.errors import FrostError
+from trainers.errors import FrostError, shown
 from trainers.files import try_file_lock
 from trainers.home import frost_home, use_home
 from trainers.logs import log
@@ -46,14 +46,45 @@ def project_root(root: str | Path | None) -> Path:
     return path
 
 
+def existing_project_root(root: str | Path | None) -> Path:
+    """The project folder for commands that only read it (`ls`, `status`, `report`, `cache`): like
+    project_root, but a missing folder is refused rather than created, so a mistyped --root says so instead of
+    answering "nothing there"."""
+    path = frost_home(root)
+    if path.exists() and not path.is_dir():
+        raise FrostError(f"--root: {path} is a file, not a project folder")
+    if not path.is_dir():
+        raise FrostError(
+            f"--root: no project folder at {path} (`frost run` creates one; give --root or set FROST_HOME)"
+        )
+    use_home(path)
+    return path
+
+
 def check_private(*paths: Path) -> None:
-    """Refuse storage that every user may write: Ray Tune unpickles a sweep's experiment state from it on
-    restore, so whoever can write there can run code as the sweep's owner (docs/stack.md)."""
+    """Refuse storage anyone but its owner may write: Ray Tune unpickles a sweep's experiment state from it on
+    restore, so whoever can write there (every user, a group, or the folder's owner when that is someone else)
+    can run code as the sweep's owner (docs/stack.md). Each refusal says the command that fixes it."""
+    me = os.geteuid()
     for path in paths:
-        if path.exists() and path.stat().st_mode & stat.S_IWOTH:
+        try:
+            info = path.stat()
+        except FileNotFoundError:
+            continue
+        if info.st_mode & stat.S_IWOTH:
             raise FrostError(
                 f"{path} is writable by every user: a sweep's storage must be writable only by its owner "
                 f"(Ray Tune unpickles its state from there); run `chmod o-w {path}`"
+            )
+        if info.st_mode & stat.S_IWGRP:
+            raise FrostError(
+                f"{path} is writable by its group: a sweep's storage must be writable only by its owner "
+                f"(Ray Tune unpickles its state from there); run `chmod g-w {path}`"
+            )
+        if info.st_uid != me:
+            raise FrostError(
+                f"{path} is owned by uid {info.st_uid}, not by you (uid {me}): its owner can change what Ray "
+                f"Tune unpickles from there; use storage of your own, or run `chown {me} {path}` if it is yours"
             )
 
 
@@ -70,7 +101,7 @@ def check_sweep_name(name: str) -> str:
     """A sweep NAME on the command line names a folder under sweeps/, never a path elsewhere."""
     if not name or name != name.strip() or "/" in name or "\\" in name or name in (".", "..") or "\0" in name:
         raise FrostError(
-            f"sweep name {name!r}: a sweep is named by its spec's `name` (no '/', '..' or spaces)"
+            f"sweep name {shown(name)}: a sweep is named by its spec's `name` (no '/', '..' or spaces)"
         )
     return name
 

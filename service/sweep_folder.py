@@ -52,7 +52,7 @@ class TrackingMap:
         text = {k: data[k] if isinstance(data.get(k), str) else None for k in _TEXT_FIELDS}
         records = data.get("trials")
         trials = {
-            str(tid): record
+            str(tid): _typed_record(record)
             for tid, record in (records.items() if isinstance(records, dict) else ())
             if isinstance(record, dict)
         }
@@ -65,6 +65,22 @@ class TrackingMap:
 
 
 _TEXT_FIELDS = ("tracking_uri", "experiment_id", "parent_run_id", "parent_status")
+# The fields of a trial's record the readers use, and their types: a value of another type (a list for a
+# fate, a string for a step) is dropped as if absent, so no reader indexes or hashes what it cannot.
+_RECORD_TYPES: dict[str, tuple[type, ...]] = {
+    "run_id": (str,),
+    "status": (str,),
+    "fate": (str,),
+    "last_step": (int,),
+}
+
+
+def _typed_record(record: dict[str, Any]) -> dict[str, Any]:
+    return {
+        str(key): value
+        for key, value in record.items()
+        if key not in _RECORD_TYPES or (isinstance(value, _RECORD_TYPES[key]) and not isinstance(value, bool))
+    }
 
 
 class SweepFolder:

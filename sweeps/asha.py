@@ -46,7 +46,7 @@ from sweeps.asha_state import (
     decision_to_json,
 )
 from sweeps.replicates import configuration_id, finite_mean
-from trainers.errors import FrostError
+from trainers.errors import FrostError, shown
 from trainers.files import atomic_write_json, read_json
 
 
@@ -74,7 +74,7 @@ class PersistentASHA(AsyncHyperBandScheduler):
     ) -> None:
         super().__init__(grace_period=grace_period, brackets=brackets, **kwargs)
         if rung_metric not in ("last", "best", "ema"):
-            raise ValueError(f"rung_metric must be last, best or ema, got {rung_metric!r}")
+            raise ValueError(f"rung_metric must be last, best or ema, got {shown(rung_metric)}")
         self._grace_period = grace_period
         self._bracket_count = brackets
         self._stratify_by = stratify_by
@@ -107,7 +107,9 @@ class PersistentASHA(AsyncHyperBandScheduler):
         node: Any = config
         for key in self._stratify_by.split("."):
             if not isinstance(node, dict) or key not in node:
-                raise FrostError(f"scheduler.stratify_by: trial config {config!r} has no {self._stratify_by}")
+                raise FrostError(
+                    f"scheduler.stratify_by: trial config {shown(config)} has no {self._stratify_by}"
+                )
             node = node[key]
         return _stratum_label(node)
 
@@ -356,7 +358,7 @@ class PersistentASHA(AsyncHyperBandScheduler):
         malformed."""
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
             found = state.get("format") if isinstance(state, dict) else None
-            written = f" (its format is {found!r})" if isinstance(found, str) else ""
+            written = f" (its format is {shown(found)})" if isinstance(found, str) else ""
             raise FrostError(f"{source}: not a frost ASHA state ({STATE_FORMAT} JSON){written}; {_REFUSED}")
         mine = (self._metric, self._mode, self._stratify_by, list(self._replicates_by), self._rung_metric)
         theirs = (

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from trainers.files import read_json_or
+from trainers.logs import log
 
 # /2: rungs hold one record per configuration (the mean of its replicates), decisions are per configuration.
 STATE_FORMAT = "frost.asha/2"
@@ -77,14 +78,27 @@ class Decision:
 
 def read_decisions(state_path: str | Path) -> dict[str, Decision]:
     """The stops recorded in a sweep's ASHA state, by trial id: every replicate a decision stopped ({} when
-    there is none or it is unreadable: status views must not fail on it)."""
+    there is none or it is unreadable: status views must not fail on it). A decision of the wrong shape (a
+    number written as a string, a missing field) is skipped, saying so in one line, not guessed at."""
     state = read_json_or(Path(state_path), {})
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         return {}
-    try:
-        decisions = [decision_from_json(item) for item in state.get("decisions", {}).values()]
-    except (TypeError, KeyError, AttributeError, ValueError):
+    saved = state.get("decisions")
+    if not isinstance(saved, dict):
         return {}
+    decisions, skipped = [], []
+    for name, item in saved.items():
+        try:
+            decisions.append(decision_from_json(item))
+        except (TypeError, KeyError, AttributeError, ValueError) as exc:
+            skipped.append(f"{str(name)[:80]} ({exc})")
+    if skipped:
+        log.warning(
+            "%s: %d ASHA decision(s) of the wrong shape skipped: %s",
+            state_path,
+            len(skipped),
+            "; ".join(skipped[:3]),
+        )
     return {trial: decision for decision in decisions for trial in decision.trials}
 
 
@@ -96,12 +110,40 @@ def decision_to_json(decision: Decision) -> dict[str, Any]:
     return data
 
 
+_TEXT = ("trial_id", "stratum", "metric", "rung_metric")
+_COUNTS = ("rung", "epoch")
+
+
+def _number_or_none(value: Any, what: str) -> float:
+    """A JSON number (or null, a NaN written strictly): a string that looks like one is not accepted, since
+    the file's writer never writes one (such a file was edited or planted)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise ValueError(f"{what} is {type(value).__name__}, not a number")
+    return _none_to_nan(value)
+
+
 def decision_from_json(saved: dict[str, Any]) -> Decision:
+    """A decision as decision_to_json wrote it; ValueError / TypeError / KeyError when it is not one."""
+    if not isinstance(saved, dict):
+        raise TypeError(f"a {type(saved).__name__}, not an object")
     fields: dict[str, Any] = dict(saved)
-    fields["value"], fields["cutoff"] = _none_to_nan(fields["value"]), _none_to_nan(fields["cutoff"])
-    fields["replicates"] = {str(t): _none_to_nan(v) for t, v in fields["replicates"].items()}
-    fields["replicates_by"] = tuple(str(p) for p in fields["replicates_by"])
-    fields["trials"] = tuple(str(t) for t in fields["trials"])
+    for name in _TEXT:
+        if not isinstance(fields[name], str):
+            raise ValueError(f"{name} is {type(fields[name]).__name__}, not text")
+    for name in _COUNTS:
+        if isinstance(fields[name], bool) or not isinstance(fields[name], int):
+            raise ValueError(f"{name} is {type(fields[name]).__name__}, not an integer")
+    if not isinstance(fields.get("configuration", ""), str):
+        raise ValueError("configuration is not text")
+    fields["value"] = _number_or_none(fields["value"], "value")
+    fields["cutoff"] = _number_or_none(fields["cutoff"], "cutoff")
+    fields["replicates"] = {
+        str(t): _number_or_none(v, f"replicates[{t}]") for t, v in fields["replicates"].items()
+    }
+    for name in ("replicates_by", "trials"):
+        if not isinstance(fields[name], list) or not all(isinstance(p, str) for p in fields[name]):
+            raise ValueError(f"{name} is not a list of text")
+        fields[name] = tuple(fields[name])
     return Decision(**fields)
 
 

@@ -14,7 +14,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from sweeps.model import SweepSpec
 from sweeps.samplers import SAMPLERS
 from trainers.config import apply_overrides, format_validation_error, parse_override, read_yaml
-from trainers.errors import FrostError
+from trainers.errors import FrostError, shown
 from trainers.files import atomic_write_text
 
 
@@ -48,7 +48,7 @@ def apply_sweep_overrides(data: dict[str, Any], overrides: list[str]) -> dict[st
         if data.get("search") is None:
             data["search"] = {}
         if not isinstance(data["search"], dict):
-            raise FrostError(f"--set {text!r}: search is not a mapping")
+            raise FrostError(f"--set {shown(text)}: search is not a mapping")
         if len(keys) > 2 and keys[-1] in SAMPLERS:
             keys, value = keys[:-1], {keys[-1]: value}
         path = ".".join(keys[1:])

@@ -25,7 +25,7 @@ from sweeps.sections import (
     strata_problems,
 )
 from trainers.config import TrialSpec
-from trainers.errors import FrostError
+from trainers.errors import FrostError, shown
 
 # More trials than this in one sweep is refused without --allow-large (SweepSpec.check_size).
 MAX_TRIALS = 10_000
@@ -97,7 +97,7 @@ class SweepSpec(_Strict):
         if not _SLUG_RE.match(value):
             raise ValueError(
                 "must be a slug of at most 64 characters: lowercase letters, digits, '-' and '_', "
-                f"starting with a letter or digit; got {value!r}"
+                f"starting with a letter or digit; got {shown(value)}"
             )
         return value
 

@@ -10,6 +10,8 @@ from typing import Annotated, Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from trainers.errors import shown
+
 # randint ranges up to this size are enumerated when other checks need every possible value.
 _ENUMERATE_LIMIT = 1000
 
@@ -35,7 +37,7 @@ class GridSampler(_Strict):
         for value in values:
             key = json.dumps(value, sort_keys=True, default=str)
             if key in seen:
-                raise ValueError(f"duplicate value {value!r} (use `samples` to repeat trials)")
+                raise ValueError(f"duplicate value {shown(value)} (use `samples` to repeat trials)")
             seen.add(key)
         return values
 
@@ -65,7 +67,7 @@ def _bounds_shape(kind: str, data: Any, size: int) -> Any:
         bounds = data[kind]
         form = "[lo, hi]" if size == 2 else "[lo, hi, q]"
         if not isinstance(bounds, (list, tuple)) or len(bounds) != size:
-            raise PydanticCustomError("sampler_bounds", f"{kind} expects {form}, got {bounds!r}")
+            raise PydanticCustomError("sampler_bounds", f"{kind} expects {form}, got {shown(bounds)}")
     return data
 
 

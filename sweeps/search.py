@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 from sweeps.samplers import SAMPLERS, ChoiceSampler, GridSampler
 from trainers.config import TrialSpec
+from trainers.errors import shown
 
 Problem = tuple[tuple[str, ...], str]  # (location relative to the validated field, message)
 
@@ -113,7 +114,10 @@ def _check_value(base: dict[str, Any], key: str, value: Any) -> tuple[Any, str |
     """Build the trial with `value` at `key`: (the value as the trial normalises it, None) or (None, why)."""
     paths = key_paths(key)
     if is_joint(key) and (not isinstance(value, list) or len(value) != len(paths)):
-        return None, f"a joint key takes a list of {len(paths)} values ({', '.join(paths)}), got {value!r}"
+        return (
+            None,
+            f"a joint key takes a list of {len(paths)} values ({', '.join(paths)}), got {shown(value)}",
+        )
     data = copy.deepcopy(base)
     set_searched(data, key, value)
     try:
@@ -192,7 +196,7 @@ def _key_problems(key: str, seen: dict[str, str]) -> list[str]:
         if why:
             problems.append(f"{path}: {why}" if is_joint(key) else why)
         elif path in seen:
-            problems.append(f"{path} is already searched by {seen[path]!r}: a path takes one sampler")
+            problems.append(f"{path} is already searched by {shown(seen[path])}: a path takes one sampler")
         else:
             seen[path] = key
     return problems

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import numpy as np
 from pydantic import Field, field_validator
@@ -12,6 +13,7 @@ from pydantic import Field, field_validator
 from sweeps.samplers import ChoiceSampler, GridSampler, _Strict
 from sweeps.search import Problem, _possible_values, is_joint, key_paths, searched_paths
 from trainers.config import TrialSpec
+from trainers.errors import shown
 from trainers.reporting import EVAL_METRICS, REPORTED_METRICS
 
 # Metrics a scheduler may rank by: everything the trainer reports except the time attribute itself.
@@ -132,6 +134,25 @@ class TrackingSpec(_Strict):
     )
     experiment: str | None = Field(None, min_length=1, description="MLflow experiment; None: the sweep name")
 
+    @field_validator("uri")
+    @classmethod
+    def _no_credentials(cls, value: str | None) -> str | None:
+        # The URI is saved in frost-sweep.yaml and tracking.json and shown in logs: a password in it would
+        # land in all of them. The value is not echoed (it holds the secret).
+        if value is not None and "://" in value:
+            try:
+                parts = urlsplit(value)
+                credentials = parts.username is not None or parts.password is not None
+            except ValueError:
+                credentials = "@" in value.split("://", 1)[1].split("/", 1)[0]
+            if credentials:
+                raise ValueError(
+                    "carries credentials (user:password@); give the bare URI and pass them as "
+                    "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the "
+                    "environment, so they land in no saved file"
+                )
+        return value
+
 
 def metric_problems(scheduler: AshaSpec | FifoSpec) -> list[Problem]:
     """The scheduler's metric is one the trainer reports, ranked in the direction that makes sense for it."""
@@ -140,7 +161,7 @@ def metric_problems(scheduler: AshaSpec | FifoSpec) -> list[Problem]:
         problems.append(
             (
                 ("metric",),
-                f"{scheduler.metric!r} is not a metric the trainer reports; one of {', '.join(SCHEDULER_METRICS)}",
+                f"{shown(scheduler.metric)} is not a metric the trainer reports; one of {', '.join(SCHEDULER_METRICS)}",
             )
         )
     direction = METRIC_DIRECTIONS.get(scheduler.metric)
@@ -148,7 +169,7 @@ def metric_problems(scheduler: AshaSpec | FifoSpec) -> list[Problem]:
         problems.append(
             (
                 ("mode",),
-                f"{scheduler.mode!r} would favour the worst trials: {scheduler.metric} wants mode: {direction}",
+                f"{shown(scheduler.mode)} would favour the worst trials: {scheduler.metric} wants mode: {direction}",
             )
         )
     return problems
@@ -204,11 +225,20 @@ def strata_problems(asha: AshaSpec, search: dict[str, Any]) -> list[Problem]:
         return []
     sampler = search.get(path)
     if sampler is None:
-        searched = ", ".join(search) or "nothing"
+        joint = [key for key in search if is_joint(key) and path in key_paths(key)]
+        if joint:  # searched, but drawn together with other paths: a stratum would hold several of them
+            return [
+                (
+                    ("stratify_by",),
+                    f"{shown(path)} is searched only jointly, in the key {shown(joint[0])}; strata need a path "
+                    "searched on a key of its own",
+                )
+            ]
+        searched = ", ".join(searched_paths(search)) or "nothing"
         return [
             (
                 ("stratify_by",),
-                f"{path!r} is not searched (searched: {searched}); strata need a searched path",
+                f"{shown(path)} is not searched (searched: {searched}); strata need a searched path",
             )
         ]
     if not isinstance(sampler, (GridSampler, ChoiceSampler)):
@@ -246,7 +276,7 @@ def replicates_problems(paths: list[str], search: dict[str, Any], stratify_by: s
             problems.append(
                 (
                     ("replicates_by",),
-                    f"{path!r} is not searched (searched: {', '.join(searched) or 'nothing'}); replicates "
+                    f"{shown(path)} is not searched (searched: {', '.join(searched) or 'nothing'}); replicates "
                     "are values of a searched path",
                 )
             )
@@ -254,7 +284,7 @@ def replicates_problems(paths: list[str], search: dict[str, Any], stratify_by: s
             problems.append(
                 (
                     ("replicates_by",),
-                    f"{path!r} is scheduler.stratify_by: a stratum holds one value of it, so its trials "
+                    f"{shown(path)} is scheduler.stratify_by: a stratum holds one value of it, so its trials "
                     "cannot be replicates of one configuration",
                 )
             )
@@ -267,7 +297,7 @@ def replicates_problems(paths: list[str], search: dict[str, Any], stratify_by: s
             problems.append(
                 (
                     ("replicates_by",),
-                    f"{', '.join(inside)} shares the joint search key {key!r} with {', '.join(others)}, "
+                    f"{', '.join(inside)} shares the joint search key {shown(key)} with {', '.join(others)}, "
                     "which is not a replicate path: its replicates would differ in configuration; search "
                     "it on its own key",
                 )

@@ -43,7 +43,7 @@ from sweeps.spec import (
     set_path,
 )
 from trainers.config import TrialSpec, format_validation_error
-from trainers.errors import FrostError
+from trainers.errors import FrostError, shown
 from trainers.identity import capacity_key
 
 # The trainer reports this every epoch (trainers/reporting.py): 1-based count of finished epochs.
@@ -64,7 +64,7 @@ def tune_domain(sampler: Any) -> Any:
         return tune.randint(sampler.lo, sampler.hi)  # hi exclusive, as documented in the spec
     if isinstance(sampler, QUniformSampler):
         return tune.quniform(sampler.lo, sampler.hi, sampler.q)
-    raise TypeError(f"unknown sampler {sampler!r}")
+    raise TypeError(f"unknown sampler {shown(sampler)}")
 
 
 def param_space(spec: SweepSpec) -> dict[str, Any]:
@@ -89,7 +89,7 @@ def trial_spec_for(spec: SweepSpec, config: dict[str, Any]) -> TrialSpec:
     except ValidationError as exc:
         # Only reachable for a drawn value the spec's probes missed; name it as the spec does.
         raise FrostError(
-            f"sweep '{spec.name}': trial config {config!r} is invalid:\n"
+            f"sweep '{spec.name}': trial config {shown(config)} is invalid:\n"
             f"{format_validation_error(exc, prefix='trial.')}"
         ) from None
 

@@ -5,8 +5,11 @@ Each case is run through the real command line (in-process); none may reach trai
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -103,6 +106,28 @@ def test_an_unreachable_cluster_fails_at_once_before_anything_is_prepared(tmp_pa
     assert not (tmp_path / "sweeps").exists()  # nothing prepared, nothing written
 
 
+@pytest.mark.parametrize("where", ["root", "sweeps", "sweep"])
+@pytest.mark.parametrize("kind", ["group-writable", "other-owner"])
+def test_storage_others_may_write_is_refused(tmp_path, capsys, kind, where):
+    root = tmp_path / "root"
+    target = {"root": root, "sweeps": root / "sweeps", "sweep": root / "sweeps" / "smoke"}[where]
+    target.mkdir(parents=True)
+    spec = Path(__file__).resolve().parents[1] / "sweeps" / "catalog" / "smoke.yaml"
+    if kind == "group-writable":
+        target.chmod(0o775)
+        _assert_user_error(main(["run", str(spec), "--root", str(root)]), capsys, str(target), "chmod g-w")
+        return
+    if os.geteuid() != 0:
+        pytest.skip("giving a folder to another user needs root")
+    other = os.geteuid() + 4242  # a uid that is not ours
+    os.chown(target, other, -1)
+    try:
+        code = main(["run", str(spec), "--root", str(root)])
+    finally:
+        os.chown(target, os.geteuid(), -1)
+    _assert_user_error(code, capsys, str(target), f"owned by uid {other}", "chown")
+
+
 def test_storage_every_user_may_write_is_refused(tmp_path, capsys):
     root = tmp_path / "root"
     root.mkdir()
@@ -110,6 +135,91 @@ def test_storage_every_user_may_write_is_refused(tmp_path, capsys):
     spec = Path(__file__).resolve().parents[1] / "sweeps" / "catalog" / "smoke.yaml"
     _assert_user_error(main(["run", str(spec), "--root", str(root)]), capsys, "writable by every user")
     assert not (root / "sweeps").exists()
+
+
+# --------------------------------------------------------------------------------------------- output folders
+@contextlib.contextmanager
+def _unwritable(folder: Path):
+    """`folder`, which no write into can succeed: mode 0500 for a normal user; for root, whom permission bits do
+    not stop, the immutable flag of ext4 (chattr +i), which stops root too. Skipped where neither works."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        folder.chmod(0o500)
+        try:
+            yield folder
+        finally:
+            folder.chmod(0o700)
+        return
+    if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("root ignores permission bits and this file system has no immutable flag (chattr +i)")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
+def _out_argv(command: str, target: Path) -> list[str]:
+    return {
+        "train": ["train", "--out", str(target)],
+        "synth": ["data", "synth", str(target), "--set", "train_images=2", "--set", "val_images=1"],
+        "pretrain": ["pretrain", "--out", str(target / "p.pt")],
+    }[command]
+
+
+@pytest.mark.parametrize("command", ["train", "synth", "pretrain"])
+@pytest.mark.parametrize("kind", ["is-a-file", "under-a-file", "not-writable"])
+def test_an_output_folder_that_cannot_be_written(tmp_path, capsys, command, kind):
+    needle = {"train": "--out", "synth": "OUT_DIR", "pretrain": "--out"}[command]
+    if kind == "is-a-file":
+        target = tmp_path / "out"
+        target.write_text("x")
+        if command == "pretrain":  # pretrain's --out is a file: its folder is the one that must be writable
+            target = tmp_path / "f"
+            target.write_text("x")
+            argv = ["pretrain", "--out", str(target / "sub" / "p.pt")]
+        else:
+            argv = _out_argv(command, target)
+        _assert_user_error(main(argv), capsys, needle, "file")
+    elif kind == "under-a-file":
+        (tmp_path / "f").write_text("x")
+        target = tmp_path / "f" / "deeper" / "out"
+        _assert_user_error(
+            main(_out_argv(command, target)), capsys, needle, f"{tmp_path / 'f'}, which is a file"
+        )
+    else:
+        with _unwritable(tmp_path / "locked") as locked:
+            target = locked / "out" if command != "pretrain" else locked
+            _assert_user_error(main(_out_argv(command, target)), capsys, needle, "not writable")
+
+
+def test_pretrain_out_naming_a_folder(tmp_path, capsys):
+    _assert_user_error(main(["pretrain", "--out", str(tmp_path)]), capsys, "--out", "is a folder")
+
+
+def _saved_sweep(root: Path, name: str = "smoke") -> Path:
+    folder = root / "sweeps" / name
+    folder.mkdir(parents=True)
+    shutil.copy(CATALOG / "smoke.yaml", folder / "frost-sweep.yaml")
+    return folder
+
+
+@pytest.mark.parametrize("kind", ["is-a-file", "symlink-to-a-file", "not-writable"])
+def test_a_report_folder_that_cannot_be_written(tmp_path, capsys, kind):
+    folder = _saved_sweep(tmp_path)
+    if kind == "is-a-file":
+        (folder / "report").write_text("x")
+        needle = "is a file"
+    elif kind == "symlink-to-a-file":
+        (tmp_path / "elsewhere").write_text("x")
+        (folder / "report").symlink_to(tmp_path / "elsewhere")
+        needle = "is a file"
+    else:
+        needle = "not writable"
+    with contextlib.ExitStack() as stack:
+        if kind == "not-writable":
+            stack.enter_context(_unwritable(folder / "report"))
+        code = main(["report", "smoke", "--root", str(tmp_path)])
+    _assert_user_error(code, capsys, "report folder", str(folder / "report"), needle)
 
 
 # --------------------------------------------------------------------------------------------- datasets
@@ -152,6 +262,18 @@ def _mutations():
         "ann-not-object": (lambda d: d["annotations"].__setitem__(0, []), "annotations[0]"),
         "bbox-strings": (ann("bbox", ["a", "b", "c", "d"]), "bbox must be numbers"),
         "bbox-short": (ann("bbox", [1, 2]), "bbox must be [x, y, w, h]"),
+        "bbox-nan-x": (ann("bbox", [float("nan"), 1, 2, 2]), "not a finite number"),
+        "bbox-inf-width": (ann("bbox", [1, 1, float("inf"), 2]), "not a finite number"),
+        "bbox-minus-inf-y": (ann("bbox", [1, float("-inf"), 2, 2]), "not a finite number"),
+        "bbox-nan-height": (ann("bbox", [1, 1, 2, float("nan")]), "not a finite number"),
+        "neg-ids-unknown": (image("neg_category_ids", [999]), "neg_category_ids: unknown category id"),
+        "not-exhaustive-unknown": (
+            image("not_exhaustive_category_ids", [1, 12345]),
+            "not_exhaustive_category_ids: unknown category id",
+        ),
+        "neg-ids-negative": (image("neg_category_ids", [-1]), "neg_category_ids: unknown category id"),
+        "neg-ids-zero": (image("neg_category_ids", [0, 1]), "neg_category_ids: unknown category id"),
+        "file-name-huge": (image("file_name", "../" * 5000), "characters)"),
         "images-not-list": (lambda d: d.__setitem__("images", {}), "missing list(s): images"),
         "top-level-list": (None, "expected a COCO object"),
     }
@@ -324,3 +446,364 @@ def test_random_mutations_of_catalog_specs_never_crash(tmp_path, capsys, data, c
     captured = capsys.readouterr()
     assert code in (0, 2), captured.err[-2000:]
     assert "Traceback" not in captured.err
+
+
+# --------------------------------------------------------------------------------------------- state files
+@pytest.mark.parametrize(
+    "content",
+    [b"\xff\x00garbage", b"[]", b'"boom"', b'{"epoch": 1}', b'{"error": 5}', b"", None],
+    ids=["garbage", "list", "string", "no-error", "error-not-text", "empty", "folder"],
+)
+def test_a_failure_record_frost_did_not_write_is_bad_input(tmp_path, capsys, content):
+    out = tmp_path / "out"
+    out.mkdir()
+    if content is None:
+        (out / "failed.json").mkdir()
+    else:
+        (out / "failed.json").write_bytes(content)
+    code = main(["train", "--out", str(out), "--set", "train.epochs=1"])
+    _assert_user_error(code, capsys, str(out / "failed.json"), "remove it")
+
+
+def test_a_real_failure_record_is_still_a_training_failure(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "failed.json").write_text('{"epoch": 2, "error": "non-finite loss"}')
+    assert main(["train", "--out", str(out)]) == 1
+    assert "non-finite loss" in capsys.readouterr().err
+
+
+def _trial_folder(folder: Path, trial_id: str = "t1") -> Path:
+    """A trial folder as the trainer leaves it: its spec and one epoch's history."""
+    from trainers.config import TrialSpec, dump_trial_spec
+
+    trial = folder / "trials" / trial_id
+    (trial / "checkpoints" / "epoch-0001").mkdir(parents=True)
+    dump_trial_spec(TrialSpec(), trial / "trial.yaml")
+    (trial / "checkpoints" / "epoch-0001" / "history.json").write_text('[{"epoch": 1, "AP": 0.25}]')
+    return trial
+
+
+_TRACKING_MAPS = {
+    "fate-a-list": {"trials": {"t1": {"fate": ["completed"], "status": "FINISHED"}}},
+    "fate-a-number": {"trials": {"t1": {"fate": 5, "run_id": {"id": 1}}}},
+    "status-an-object": {"trials": {"t1": {"status": {"RUNNING": True}}}},
+    "record-a-list": {"trials": {"t1": ["completed"]}},
+    "record-a-string": {"trials": {"t1": "completed"}},
+    "trials-a-list": {"trials": [{"t1": {}}]},
+    "uri-a-number": {"tracking_uri": 5, "parent_status": ["RUNNING"], "trials": {}},
+}
+
+
+@pytest.mark.parametrize("case", list(_TRACKING_MAPS))
+def test_a_foreign_shaped_tracking_map_does_not_break_status(tmp_path, capsys, case):
+    folder = _saved_sweep(tmp_path)
+    _trial_folder(folder)
+    (folder / "tracking.json").write_text(json.dumps(_TRACKING_MAPS[case]))
+    assert main(["status", "smoke", "--root", str(tmp_path), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    status = json.loads(captured.out.strip().splitlines()[-1])
+    assert [t["trial_id"] for t in status["trials"]] == ["t1"]
+
+
+@pytest.mark.parametrize("case", ["fate-a-list", "fate-a-number", "record-a-list", "trials-a-list"])
+def test_a_foreign_shaped_tracking_map_does_not_break_the_report(tmp_path, capsys, case):
+    folder = _saved_sweep(tmp_path)
+    _trial_folder(folder)
+    (folder / "tracking.json").write_text(json.dumps(_TRACKING_MAPS[case]))
+    assert main(["report", "smoke", "--root", str(tmp_path), "--format", "json"]) == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    assert json.loads(captured.out.strip().splitlines()[-1])["sweep"] == "smoke"
+    assert (folder / "report" / "report.md").is_file()
+
+
+def _decision(**changes):
+    decision = {
+        "trial_id": "t1", "stratum": "(all)", "rung": 1, "epoch": 1, "metric": "AP", "rung_metric": "last",
+        "value": 0.1, "cutoff": 0.2, "configuration": "", "replicates_by": [], "replicates": {}, "trials": ["t1"],
+    }  # fmt: skip
+    decision.update(changes)
+    return decision
+
+
+@pytest.mark.parametrize(
+    "decision",
+    [
+        _decision(value="0.1"),
+        _decision(cutoff="0.2"),
+        _decision(rung="1"),
+        _decision(epoch=1.5),
+        _decision(trials="t1"),
+        _decision(replicates={"t1": "0.1"}),
+        _decision(metric=None),
+        "stopped",
+    ],
+    ids=[
+        "value-text",
+        "cutoff-text",
+        "rung-text",
+        "epoch-float",
+        "trials-text",
+        "replicate-text",
+        "metric-null",
+        "not-an-object",
+    ],  # fmt: skip
+)
+def test_a_foreign_shaped_asha_decision_is_skipped_with_one_line(tmp_path, capsys, decision):
+    folder = _saved_sweep(tmp_path)
+    _trial_folder(folder)
+    state = {"format": "frost.asha/2", "decisions": {"c1": decision, "c2": _decision(trials=["t2"])}}
+    (folder / "asha-state.json").write_text(json.dumps(state))
+    assert main(["status", "smoke", "--root", str(tmp_path), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    assert "1 ASHA decision(s) of the wrong shape skipped" in captured.err
+    status = json.loads(captured.out.strip().splitlines()[-1])
+    assert [t["extra"]["asha"] if "extra" in t else t.get("asha") for t in status["trials"]] == [None]
+
+
+def test_asha_decisions_that_are_not_a_mapping_are_ignored(tmp_path, capsys):
+    folder = _saved_sweep(tmp_path)
+    _trial_folder(folder)
+    (folder / "asha-state.json").write_text(json.dumps({"format": "frost.asha/2", "decisions": [1, 2]}))
+    assert main(["status", "smoke", "--root", str(tmp_path)]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------- the feature cache
+def _cache_key_dir(root: Path) -> Path:
+    directory = root / "cache" / "features" / "k1"
+    directory.mkdir(parents=True)
+    return directory
+
+
+def _shard_bytes(header) -> bytes:
+    from trainers.feature_store import MAGIC
+
+    raw = json.dumps(header).encode()
+    return MAGIC + len(raw).to_bytes(8, "little") + raw + bytes(32)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        [],
+        {"key": []},
+        {"key": {"backbone": "resnet18"}, "image_ids": "1,2", "record": []},
+        {"key": {}, "image_ids": [1], "record": [["a", "float32"]]},
+        {"key": {}, "image_ids": [1], "record": [["a", "no-such-dtype", [2]]]},
+        {"key": {}, "image_ids": [True], "record": [["a", "float32", [2]]]},
+    ],
+    ids=["list", "key-a-list", "ids-text", "field-short", "dtype-unknown", "ids-bools"],
+)
+@pytest.mark.parametrize("command", ["ls", "du", "clear"])
+def test_a_shard_header_of_the_wrong_shape_does_not_break_the_cache_commands(
+    tmp_path, capsys, header, command
+):
+    from trainers.feature_store import CorruptShard, open_shard
+
+    directory = _cache_key_dir(tmp_path)
+    (directory / "s.fc").write_bytes(_shard_bytes(header))
+    assert main(["cache", command, "--root", str(tmp_path)]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    if command == "ls":  # and a trial reading it treats it as corrupt (rebuilt), not as a crash
+        with pytest.raises(CorruptShard, match="header"):
+            open_shard(directory / "s.fc", {})
+
+
+@pytest.mark.parametrize("debris", ["folder", "empty-file", "short-file"])
+def test_folders_and_empty_files_are_not_counted_as_shards(tmp_path, capsys, debris):
+    directory = _cache_key_dir(tmp_path)
+    if debris == "folder":
+        (directory / "x.fc").mkdir()
+    else:
+        (directory / "x.fc").write_bytes(b"" if debris == "empty-file" else b"FROSTFC1")
+    assert main(["cache", "ls", "--root", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "0 shard(s)" in out, out
+
+
+def test_a_key_lock_that_is_a_folder_is_skipped_with_one_line(tmp_path, capsys):
+    directory = _cache_key_dir(tmp_path)
+    (directory / ".lock").mkdir()
+    assert main(["cache", "clear", "--root", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    assert "kept k1: its lock" in captured.out and directory.is_dir()
+
+
+@pytest.mark.parametrize("command", ["ls", "du", "clear"])
+@pytest.mark.parametrize("kind", ["a-file", "missing", "under-a-file"])
+def test_cache_root_checks_match_the_other_commands(tmp_path, capsys, command, kind):
+    (tmp_path / "f").write_text("x")
+    root = {"a-file": tmp_path / "f", "missing": tmp_path / "nowhere", "under-a-file": tmp_path / "f" / "r"}[
+        kind
+    ]
+    _assert_user_error(main(["cache", command, "--root", str(root)]), capsys, "--root", str(root))
+    assert not (tmp_path / "nowhere").exists()
+
+
+# --------------------------------------------------------------------------------------------- numbers and sizes
+def _bomb(levels: int, width: int, flow: bool = False) -> str:
+    """A YAML "billion laughs" of few aliases: `levels` anchors of `width` aliases each (width**levels nodes)."""
+    names = [f"l{i}" for i in range(levels + 1)]
+    rows = [f"&{names[0]} [{', '.join(['x'] * width)}]"]
+    rows += [f"&{names[i + 1]} [{', '.join([f'*{names[i]}'] * width)}]" for i in range(levels)]
+    if flow:
+        return "[" + ", ".join(rows) + "]"
+    return "".join(f"k{i}: {row}\n" for i, row in enumerate(rows))
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["train", "--out", "{tmp}/o", "--set", "optim.milestones=[0]"], "optim.milestones"),
+        (["train", "--out", "{tmp}/o", "--set", "optim.milestones=[1.5]"], "optim.milestones"),
+        (["train", "--out", "{tmp}/o", "--set", "optim.milestones=[0.5, -0.25]"], "optim.milestones"),
+        (["train", "--out", "{tmp}/o", "--set", "optim.milestones=[.nan]"], "optim.milestones"),
+        (["train", "--out", "{tmp}/o", "--set", "optim.milestones=[1]"], "optim.milestones"),
+        (["train", "--out", "{tmp}/o", "--set", "cache.budget_mb=1e300"], "cache.budget_mb"),
+        (["train", "--out", "{tmp}/o", "--set", "cache.budget_mb=.inf"], "cache.budget_mb"),
+        (["train", "--out", "{tmp}/o", "--set", "cache.budget_mb=1e12"], "cache.budget_mb"),
+        (["validate", "{catalog}/smoke.yaml", "--set", "trial.optim.milestones=[2]"], "optim.milestones"),
+        (["validate", "{catalog}/smoke.yaml", "--set", "trial.cache.budget_mb=1e308"], "cache.budget_mb"),
+    ],
+)
+def test_numbers_out_of_range_are_refused_naming_the_field(tmp_path, capsys, argv, needle):
+    argv = [a.format(tmp=tmp_path, catalog=CATALOG) for a in argv]
+    _assert_user_error(main(argv), capsys, needle)
+    assert not (tmp_path / "o" / "checkpoints").exists()
+
+
+_LONG = 5000
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["validate", "{catalog}/smoke.yaml", "--set", "name=" + "x" * _LONG],
+        ["validate", "{catalog}/smoke.yaml", "--set", "trial.backbone.freeze=" + "y" * _LONG],
+        ["train", "--out", "{tmp}/o", "--set", "backbone.freeze=" + "y" * _LONG],
+        ["train", "--out", "{tmp}/o", "--set", "z" * _LONG],
+        ["train", "--out", "{tmp}/o", "--set", "optim.milestones=[" + "2, " * _LONG + "2]"],
+        ["status", "n" * _LONG + "/x", "--root", "{tmp}"],
+        ["validate", "{catalog}/smoke.yaml", "--set", "scheduler.stratify_by=" + "s" * _LONG],
+    ],
+    ids=[
+        "sweep-name",
+        "sweep-freeze",
+        "trial-freeze",
+        "set-no-equals",
+        "milestones",
+        "sweep-arg",
+        "stratify",
+    ],
+)
+def test_a_long_user_value_is_cut_in_the_message(tmp_path, capsys, argv):
+    argv = [a.replace("{tmp}", str(tmp_path)).replace("{catalog}", str(CATALOG)) for a in argv]
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err[-2000:]
+    assert "characters)" in err, err[:2000]
+    assert max(len(line) for line in err.splitlines()) < 1000, err[:2000]
+
+
+def test_a_long_value_in_a_spec_file_is_cut_in_the_message(tmp_path, capsys):
+    path = tmp_path / "spec.yaml"
+    path.write_text(f"backbone: {{freeze: '{'w' * _LONG}'}}\n")
+    code = main(["train", str(path), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "backbone.freeze" in err and "characters)" in err, err[:2000]
+    assert max(len(line) for line in err.splitlines()) < 1000
+
+
+@pytest.mark.parametrize(("levels", "width"), [(9, 9), (6, 10), (4, 40), (3, 50)])
+@pytest.mark.parametrize("command", ["train", "validate"])
+def test_an_alias_bomb_of_few_aliases_is_refused_before_it_expands(tmp_path, capsys, levels, width, command):
+    path = tmp_path / "spec.yaml"
+    path.write_text(_bomb(levels, width))
+    argv = (
+        ["train", str(path), "--out", str(tmp_path / "o")] if command == "train" else ["validate", str(path)]
+    )
+    _assert_user_error(main(argv), capsys, "spec.yaml", "aliases expand")
+
+
+@pytest.mark.parametrize(
+    ("value", "needle"),
+    [
+        ("data.synth=" + _bomb(9, 9, flow=True), "aliases expand"),
+        ("data.synth=" + _bomb(5, 12, flow=True), "aliases expand"),
+        ("train.epochs=" + "[" * 200 + "]" * 200, "nested"),
+        ("train.epochs=" + "1" * (70 << 10), "at most"),
+    ],
+    ids=["bomb-9x9", "bomb-5x12", "deep", "huge"],
+)
+@pytest.mark.parametrize("command", ["train", "validate"])
+def test_set_values_have_the_limits_of_spec_files(tmp_path, capsys, value, needle, command):
+    if command == "train":
+        argv = ["train", "--out", str(tmp_path / "o"), "--set", value]
+    else:
+        argv = ["validate", str(CATALOG / "smoke.yaml"), "--set", f"trial.{value}"]
+    _assert_user_error(main(argv), capsys, "--set", needle)
+
+
+def test_a_few_honest_aliases_still_load(tmp_path, capsys):
+    path = tmp_path / "spec.yaml"
+    path.write_text("optim: &o {lr: 0.01}\ntrain: {epochs: 1}\n")
+    assert main(["validate", str(CATALOG / "smoke.yaml")]) == 0
+    from trainers.config import read_yaml
+
+    assert read_yaml(path)["optim"] == {"lr": 0.01}
+
+
+@pytest.mark.parametrize(
+    "search",
+    [
+        {"backbone.freeze,neck.fpn_channels": {"grid": [["frozen", 64], ["finetune", 128]]}},
+        {"neck.fpn_channels,backbone.freeze": {"grid": [[64, "frozen"], [128, "finetune"]]}},
+        {
+            "optim.lr": {"grid": [0.01, 0.02]},
+            "backbone.freeze,neck.fpn_channels,heads.box_fc": {
+                "choice": [["frozen", 64, 128], ["finetune", 64, 64]]
+            },
+        },
+    ],
+    ids=["first", "second", "among-three"],
+)
+def test_stratifying_by_a_path_of_a_joint_key_says_so_without_contradiction(tmp_path, capsys, search):
+    spec = yaml.safe_load((CATALOG / "smoke.yaml").read_text())
+    spec["search"] = search
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    code = main(["validate", str(path)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "stratify_by" in err and "searched only jointly" in err, err
+    assert "is not searched" not in err, err
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "https://alice:hunter2-secret@mlflow.example.com",
+        "http://alice:hunter2-secret@127.0.0.1:5000",
+        "https://hunter2-secret@mlflow.example.com/path",
+        "postgresql+psycopg2://alice:hunter2-secret@db.example.com/mlflow",
+    ],
+)
+@pytest.mark.parametrize("how", ["file", "set"])
+def test_a_tracking_uri_with_credentials_is_refused_and_never_echoed(tmp_path, capsys, uri, how):
+    spec = yaml.safe_load((CATALOG / "smoke.yaml").read_text())
+    argv = ["validate", str(tmp_path / "sweep.yaml")]
+    if how == "file":
+        spec["tracking"] = {"uri": uri}
+    else:
+        argv += ["--set", f"tracking.uri={uri}"]
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(spec))
+    code = main(argv)
+    captured = capsys.readouterr()
+    assert code == 2, captured.err
+    assert "tracking.uri" in captured.err and "credentials" in captured.err
+    assert "hunter2" not in captured.err + captured.out

@@ -8,6 +8,7 @@ import copy
 import importlib.metadata
 import importlib.util
 import json
+import os
 import re
 import shlex
 import shutil
@@ -327,10 +328,18 @@ def test_one_image_everywhere_tagged_with_the_project_version():
 def test_dockerfile_installs_the_project_as_pyproject_pins_it():
     dockerfile = (DEPLOY / "Dockerfile").read_text()
     pyproject = (REPO / "pyproject.toml").read_text()
-    assert re.search(r"^FROM python:3\.11-slim$", dockerfile, re.M)
+    assert re.search(r"^FROM python:3\.11-slim(@sha256:[0-9a-f]{64})?$", dockerfile, re.M)
+    constraints = (REPO / ".ci" / "constraints.txt").read_text()
     for package in ("torch", "torchvision"):
-        pin = found(rf'"{package}==([^"]+)"', pyproject)
-        assert f"{package}=={pin}" in dockerfile, f"the Dockerfile does not install {package}=={pin}"
+        # pyproject.toml names a compatible range; the exact version is the constraints file's, which the
+        # image installs with, as CI does.
+        assert re.search(rf'"{package}>=[^"]+,<[^"]+"', pyproject), f"{package}: no compatible range"
+        assert re.search(rf"^{package}==\S+$", constraints, re.M), f"{package}: not pinned in constraints"
+    installs = re.findall(r"pip install ([^\n\\]+)", dockerfile)
+    assert installs and all(
+        "--no-deps ." in line or line.startswith("-c /tmp/constraints.txt ") for line in installs
+    ), installs
+    assert '".[server]"' in dockerfile, "the server's packages come from the pinned extra frost[server]"
     assert "pip install --no-deps ." in dockerfile
     assert not re.search(r"^ENTRYPOINT", dockerfile, re.M), "KubeRay and ray up set the container command"
     assert re.search(r"^USER ray$", dockerfile, re.M)
@@ -552,7 +561,13 @@ def test_mlflow_requires_authentication_and_the_sweeps_have_credentials():
     assert secret_volume["defaultMode"] & 0o007 == 0, "the auth configuration is not for other users"
     # The image has the auth app's dependencies (mlflow's `auth` extra).
     assert any('extra == "auth"' in r for r in importlib.metadata.requires("mlflow") or [])
-    assert '"mlflow[auth]"' in (DEPLOY / "Dockerfile").read_text()
+    assert '".[server]"' in (DEPLOY / "Dockerfile").read_text()
+    import tomllib
+
+    server = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"][
+        "server"
+    ]
+    assert "mlflow[auth]>=3,<4" in server
     # Every Ray pod logs to MLflow as the (non-admin) sweep user.
     for where, ray_container in ray_containers():
         ray_env = env_of(ray_container)
@@ -816,3 +831,67 @@ def test_checkers_catch_what_they_guard_against():
     filled[0]["stringData"]["auth_token"] = "0123abcd"
     assert placeholder_problems(filled)
     assert image_problems(kube_objects(), ray_up(), "registry.example.com/frost:9.9.9")
+
+
+@pytest.mark.parametrize("before", [None, 0o644], ids=["created", "already-0644"])
+def test_local_cluster_leaves_the_ray_token_readable_by_its_owner_only(tmp_path, before):
+    """ensure_token, run alone (no cluster is started): Ray's token file ends 0600 however it began."""
+    import stat as stat_module
+
+    token = tmp_path / ".ray" / "auth_token"
+    if before is not None:
+        token.parent.mkdir()
+        token.write_text("0123456789abcdef0123456789abcdef\n")
+        token.chmod(before)
+    script = DEPLOY / "local-cluster.sh"
+    function = re.search(r"^ensure_token\(\) \{.*?^\}", script.read_text(), re.S | re.M)
+    assert function is not None
+    env = {**os.environ, "HOME": str(tmp_path), "PYTHON": sys.executable, "HERE": str(DEPLOY)}
+    for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        env.pop(name, None)
+    done = subprocess.run(
+        ["bash", "-c", f"set -euo pipefail\n{function.group(0)}\nensure_token"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert token.is_file() and stat_module.S_IMODE(token.stat().st_mode) == 0o600
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="PLACEHOLDER: the digest of python:3.11-slim is recorded nowhere in the repository and cannot be "
+    "pulled here; pin `FROM python:3.11-slim@sha256:<digest>` where the image can be pulled (`docker buildx "
+    "imagetools inspect python:3.11-slim`), then remove this mark (strict: it fails once the pin is in)",
+)
+def test_the_base_image_is_pinned_by_digest():
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    assert re.search(r"^FROM \S+@sha256:[0-9a-f]{64}$", dockerfile, re.M), "FROM carries no @sha256: digest"
+
+
+def test_ci_installs_with_the_constraints_file():
+    run = (REPO / ".ci" / "run").read_text()
+    assert 'pip install -q -c .ci/constraints.txt -e ".[dev]"' in run
+    constraints = (REPO / ".ci" / "constraints.txt").read_text()
+    pins = [line for line in constraints.splitlines() if line and not line.startswith("#")]
+    assert pins and all(re.fullmatch(r"[A-Za-z0-9_.\-\[\]]+==\S+", line) for line in pins), "exact pins only"
+    assert not any(line.lower().startswith("frost==") for line in pins), "the project itself is not pinned"
+    tracked = subprocess.run(
+        ["git", "-C", str(REPO), "check-ignore", "-q", ".ci/constraints.txt"], capture_output=True
+    )
+    assert tracked.returncode == 1, ".ci/constraints.txt is ignored by git: it would never be committed"
+
+
+def test_test_only_packages_are_dev_extras():
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert not any(d.startswith("psutil") for d in project["dependencies"])
+    assert any(d.startswith("psutil") for d in project["optional-dependencies"]["dev"])
+    for package in ("trainers", "sweeps", "service"):
+        for path in (REPO / package).rglob("*.py"):
+            assert not re.search(r"^\s*(import|from) psutil", path.read_text(), re.M), path
+    for requirement in project["dependencies"]:
+        assert re.search(r">=[^,]+,<", requirement), f"{requirement}: name a compatible range"

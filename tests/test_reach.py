@@ -209,3 +209,48 @@ def test_no_warning_without_a_token_or_on_loopback(monkeypatch, capsys, tmp_path
     with pytest.raises(FrostError, match="nothing listens"):
         jobs.connect(f"http://127.0.0.1:{port}")
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("code", [301, 302, 307, 308])
+def test_the_jobs_probe_never_follows_a_redirect_with_the_token(code):
+    """A Jobs address that redirects elsewhere: the probe stops there, and the token goes nowhere else."""
+    import http.server
+
+    seen: list[str | None] = []
+
+    class Elsewhere(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            seen.append(self.headers.get("Authorization"))
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b'{"ray_version": "2.60.0"}')
+
+        def log_message(self, *args):
+            pass
+
+    elsewhere = http.server.HTTPServer(("127.0.0.1", 0), Elsewhere)
+    target = f"http://127.0.0.1:{elsewhere.server_address[1]}/api/version"
+
+    class Redirecting(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(code)
+            self.send_header("Location", target)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    redirecting = http.server.HTTPServer(("127.0.0.1", 0), Redirecting)
+    servers = [elsewhere, redirecting]
+    threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in servers]
+    for thread in threads:
+        thread.start()
+    try:
+        address = f"http://127.0.0.1:{redirecting.server_address[1]}"
+        with pytest.raises(FrostError, match=f"redirect \\(HTTP {code}\\)"):
+            check_reachable(address, timeout=5, token="s3cret-token")
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+    assert seen == []  # the redirect target was never asked, with or without the token

@@ -64,3 +64,40 @@ def test_a_pinned_sha256_is_checked_before_anything_is_loaded(tmp_path):
 def test_returned_stages_out_of_order_or_range_are_rejected_by_validation(stages):
     with pytest.raises(FrostError, match="backbone.returned_stages"):
         load_trial_spec(None, [f"backbone.returned_stages={stages}"])
+
+
+def test_imagenet_weights_served_as_a_pickle_never_run(tmp_path, monkeypatch):
+    """What torchvision's URL serves is loaded like any checkpoint: a pickle there is refused, not run."""
+    from trainers.weights import imagenet_weights_file
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv("FROST_OFFLINE", raising=False)
+    marker = tmp_path / f"pwned-{uuid.uuid4().hex}"
+    url, cached = imagenet_weights_file("resnet18")
+    assert str(cached).startswith(str(tmp_path / "torch"))
+    served = []
+
+    def serve_pickle(requested, dst, hash_prefix=None, progress=True):  # the network, not the code under test
+        served.append((requested, hash_prefix))
+        _payload_file(type(cached)(dst), marker)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", serve_pickle)
+    with pytest.raises(FrostError, match="not a readable PyTorch checkpoint"):
+        load_classifier_state("resnet18", "imagenet")
+    assert not marker.exists()
+    assert served == [
+        (url, cached.name.split("-")[-1].split(".")[0])
+    ]  # the file name's sha256 prefix is checked
+
+
+def test_imagenet_weights_planted_in_the_hub_cache_never_run(tmp_path, monkeypatch):
+    from trainers.weights import imagenet_weights_file
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    marker = tmp_path / f"pwned-{uuid.uuid4().hex}"
+    _, cached = imagenet_weights_file("resnet18")
+    cached.parent.mkdir(parents=True)
+    _payload_file(cached, marker)
+    with pytest.raises(FrostError, match="not a readable PyTorch checkpoint"):
+        load_classifier_state("resnet18", "imagenet")
+    assert not marker.exists()

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainers.errors import TrainingError
+from trainers.errors import FrostError, TrainingError
 from trainers.files import atomic_write_json, atomic_write_text, fsync_dir, read_json_or
 from trainers.logs import log
 
@@ -172,13 +172,20 @@ def record_failure(out_dir: Path, epoch: int, message: str) -> None:
 
 
 def refuse_failed_trial(out_dir: Path) -> None:
-    """A trial that failed deterministically is not trained again: retries (a sweep's) fail at once."""
+    """A trial that failed deterministically is not trained again: retries (a sweep's) fail at once.
+
+    Only a record record_failure wrote is a training failure (exit 1); anything else at that path (garbage, a
+    list, a folder) was not written by frost and is bad input: a FrostError that says how to clear it."""
     path = out_dir / FAILED_FILE
-    if path.exists():
-        failure = read_json_or(path, None)
-        if not isinstance(failure, dict) or "error" not in failure:
-            failure = {"error": "a failure was recorded but its record is unreadable"}
-        raise TrainingError(
-            f"{failure['error']} (recorded in {path}; training again from the same checkpoint would repeat it: "
-            "change the trial or remove that file)"
+    if not (path.exists() or path.is_symlink()):
+        return
+    failure = read_json_or(path, None) if path.is_file() else None
+    if not isinstance(failure, dict) or not isinstance(failure.get("error"), str):
+        raise FrostError(
+            f"{path}: not a failure record frost wrote (expected a JSON object with an `error` text); "
+            "remove it to train this trial again"
         )
+    raise TrainingError(
+        f"{failure['error'][:500]} (recorded in {path}; training again from the same checkpoint would repeat "
+        "it: change the trial or remove that file)"
+    )

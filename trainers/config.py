@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from trainers.errors import FrostError
+from trainers.errors import FrostError, shown
 from trainers.home import frost_home
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v3_large")
@@ -143,7 +143,7 @@ class BackboneSpec(_Section):
         if isinstance(value, dict) and set(value) == {"partial"}:
             value = f"partial:{value['partial']}"
         if not isinstance(value, str) or not _FREEZE_RE.match(value):
-            raise ValueError(f"must be 'frozen', 'finetune' or 'partial:K' with K >= 1, got {value!r}")
+            raise ValueError(f"must be 'frozen', 'finetune' or 'partial:K' with K >= 1, got {shown(value)}")
         return value
 
     @property
@@ -196,6 +196,18 @@ class OptimSpec(_Section):
         [0.75], description="step schedule: fractions of the total steps where lr is multiplied by gamma"
     )
     gamma: float = Field(0.1, gt=0, le=1)
+
+    @field_validator("milestones")
+    @classmethod
+    def _milestones_are_fractions(cls, value: list[float]) -> list[float]:
+        # Fractions of the run: 0 or below never comes, 1 or beyond never arrives (and NaN is neither).
+        outside = [m for m in value if not 0 < m < 1]
+        if outside:
+            raise ValueError(
+                f"each milestone is a fraction of the total steps in (0, 1), got {shown(outside)}"
+            )
+        return value
+
     grad_clip: float | None = Field(10.0, gt=0, description="max gradient norm; null disables")
 
 
@@ -247,8 +259,12 @@ class CacheSpec(_Section):
         "built once (ignored for fine-tuned trials)",
     )
     dtype: Literal["float16", "float32"] = Field("float16", description="storage dtype of cached features")
+    # At most 2**30 MiB (1 PiB): far beyond any disk, and small enough that the bytes stay an exact int.
     budget_mb: float | None = Field(
-        None, gt=0, description="largest cache a trial may build, MiB; default: a quarter of the free disk"
+        None,
+        gt=0,
+        le=2**30,
+        description="largest cache a trial may build, MiB; default: a quarter of the free disk",
     )
 
 
@@ -298,14 +314,22 @@ def format_validation_error(error: ValidationError, prefix: str = "") -> str:
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`a.b=c` → (["a", "b"], value parsed as YAML, so numbers, booleans and lists work)."""
     if "=" not in text:
-        raise FrostError(f"--set {text!r}: expected dotted.path=value")
+        raise FrostError(f"--set {shown(text)}: expected dotted.path=value")
     path, raw = text.split("=", 1)
     if not path.strip():
-        raise FrostError(f"--set {text!r}: empty field path")
+        raise FrostError(f"--set {shown(text)}: empty field path")
+    where = f"--set {shown(path.strip())}"
+    if len(text) > MAX_SET_BYTES:  # the same limits as a spec file's: a flag is no way around them
+        raise FrostError(
+            f"{where}: a value of {len(raw):,} characters; --set takes at most {MAX_SET_BYTES:,}"
+        )
     try:
+        _check_yaml_shape(where, raw)
         value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError:
         value = raw
+    except RecursionError:
+        raise FrostError(f"{where}: nested too deeply") from None
     return path.strip().split("."), value
 
 
@@ -319,32 +343,66 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             if child is None:
                 child = node[key] = {}
             if not isinstance(child, dict):
-                raise FrostError(f"--set {text!r}: {key} is not a section")
+                raise FrostError(f"--set {shown(text)}: {key} is not a section")
             node = child
         node[keys[-1]] = value
     return data
 
 
 # A spec is a small file written by a person: anything far beyond these is a mistake or an attack (a YAML
-# "billion laughs" of aliases, nesting deep enough to exhaust the parser's recursion).
+# "billion laughs" of aliases, nesting deep enough to exhaust the parser's recursion). A few aliases can still
+# expand to billions of nodes (9 levels of 9 aliases each: 81 aliases, 9**9 nodes), so what the aliases expand
+# to is counted too, from the parser's events, before anything is composed.
 MAX_SPEC_BYTES = 1 << 20
+MAX_SET_BYTES = 64 << 10
 MAX_YAML_DEPTH = 50
 MAX_YAML_ALIASES = 100
+MAX_YAML_NODES = 100_000
 
 
-def _check_yaml_shape(path: Path, text: str) -> None:
-    depth = aliases = 0
+def _check_yaml_shape(path: Path | str, text: str) -> None:
+    """Refuse YAML nested too deep, with too many aliases, or whose aliases expand to too many nodes.
+
+    Each node's expanded size is counted as its events stream by: an alias counts the size its anchor's node
+    had, so the total is what `yaml.safe_load` would build, without building it."""
+    aliases = total = 0
+    anchored: dict[str, int] = {}  # anchor -> expanded size of its node
+    open_nodes: list[list[Any]] = []  # [expanded size so far, anchor] of each collection being read
+
+    def count(size: int, into_parent: bool) -> None:
+        nonlocal total
+        if into_parent and open_nodes:
+            open_nodes[-1][0] += size
+        total += size
+        if total > MAX_YAML_NODES:
+            raise FrostError(
+                f"{path}: its YAML aliases expand to more than {MAX_YAML_NODES:,} nodes; write the values "
+                "out (a spec needs no aliases)"
+            )
+
     for event in yaml.parse(text, Loader=yaml.SafeLoader):
         if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
-            depth += 1
-            if depth > MAX_YAML_DEPTH:
+            if len(open_nodes) >= MAX_YAML_DEPTH:
                 raise FrostError(f"{path}: nested more than {MAX_YAML_DEPTH} levels deep")
+            count(
+                1, into_parent=False
+            )  # the collection's own node: its parent gets its whole size at its end
+            open_nodes.append([1, event.anchor])
         elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
-            depth -= 1
+            size, anchor = open_nodes.pop()
+            if anchor is not None:
+                anchored[anchor] = size
+            if open_nodes:
+                open_nodes[-1][0] += size
+        elif isinstance(event, yaml.ScalarEvent):
+            if event.anchor is not None:
+                anchored[event.anchor] = 1
+            count(1, into_parent=True)
         elif isinstance(event, yaml.AliasEvent):
             aliases += 1
             if aliases > MAX_YAML_ALIASES:
                 raise FrostError(f"{path}: more than {MAX_YAML_ALIASES} YAML aliases")
+            count(anchored.get(event.anchor or "", 1), into_parent=True)
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms.functional import pil_to_tensor
 
 from trainers.config import DataSpec, SplitSpec
-from trainers.errors import FrostError
+from trainers.errors import FrostError, shown
 from trainers.logs import log
 
 # Boxes may overhang the image by this many pixels (rounding in real annotation tools) before they are invalid.
@@ -89,7 +90,7 @@ def _id_problems(records: list, section: str) -> list[str]:
         if not isinstance(record, dict):
             problems.append(f"{section}[{i}]: expected an object, got {type(record).__name__}")
         elif not _is_int(record.get("id")):
-            problems.append(f"{section}[{i}].id: expected an integer, got {record.get('id')!r}")
+            problems.append(f"{section}[{i}].id: expected an integer, got {shown(record.get('id'))}")
         elif record["id"] in seen:
             problems.append(f"{section}[{i}].id: {record['id']} appears twice")
         else:
@@ -97,19 +98,25 @@ def _id_problems(records: list, section: str) -> list[str]:
     return problems
 
 
+def leaves_folder(file_name: str) -> bool:
+    """An annotation's `file_name` that would be read from outside its image folder (absolute, or via `..`):
+    the loader refuses it, and every other reader of annotations must too."""
+    return Path(file_name).is_absolute() or ".." in Path(file_name).parts
+
+
 def _image_problems(i: int, image: dict) -> list[str]:
     problems = []
     name = image.get("file_name")
     if not isinstance(name, str) or not name:
-        problems.append(f"images[{i}].file_name: expected a path, got {name!r}")
-    elif Path(name).is_absolute() or ".." in Path(name).parts:
-        problems.append(f"images[{i}].file_name: {name!r} leaves the image folder")
+        problems.append(f"images[{i}].file_name: expected a path, got {shown(name)}")
+    elif leaves_folder(name):
+        problems.append(f"images[{i}].file_name: {shown(name)} leaves the image folder")
     for key in ("width", "height"):
         if not _is_size(image.get(key)):
-            problems.append(f"images[{i}].{key}: expected a positive number, got {image.get(key)!r}")
+            problems.append(f"images[{i}].{key}: expected a positive number, got {shown(image.get(key))}")
     for key in ("neg_category_ids", "not_exhaustive_category_ids"):
         if key in image and not (isinstance(image[key], list) and all(_is_int(c) for c in image[key])):
-            problems.append(f"images[{i}].{key}: expected a list of category ids, got {image[key]!r}")
+            problems.append(f"images[{i}].{key}: expected a list of category ids, got {shown(image[key])}")
     return problems
 
 
@@ -121,6 +128,13 @@ def coco_type_problems(raw: dict) -> list[str]:
         return problems
     for i, image in enumerate(raw["images"]):
         problems += _image_problems(i, image)
+    category_ids = {category["id"] for category in raw["categories"]}
+    for i, image in enumerate(raw["images"]):  # LVIS's lists name categories, as an annotation does
+        for key in ("neg_category_ids", "not_exhaustive_category_ids"):
+            listed = image.get(key)
+            unknown = [c for c in listed if c not in category_ids] if isinstance(listed, list) else []
+            if unknown and all(_is_int(c) for c in listed):
+                problems.append(f"images[{i}].{key}: unknown category id(s) {shown(unknown)}")
     image_ids = {image["id"] for image in raw["images"]}
     for i, ann in enumerate(raw["annotations"]):
         if not isinstance(ann, dict):
@@ -128,7 +142,7 @@ def coco_type_problems(raw: dict) -> list[str]:
             continue
         for key in ("id", "image_id", "category_id"):
             if not _is_int(ann.get(key)):
-                problems.append(f"annotations[{i}].{key}: expected an integer, got {ann.get(key)!r}")
+                problems.append(f"annotations[{i}].{key}: expected an integer, got {shown(ann.get(key))}")
         if _is_int(ann.get("image_id")) and ann["image_id"] not in image_ids:
             problems.append(f"annotations[{i}].image_id: no image with id {ann['image_id']}")
     return problems
@@ -259,11 +273,13 @@ class CocoDetection(Dataset):
 
 def _box_problem(bbox: object, width: float, height: float) -> str | None:
     if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
-        return f"bbox must be [x, y, w, h], got {bbox!r}"
+        return f"bbox must be [x, y, w, h], got {shown(bbox)}"
     try:
         x, y, w, h = (float(v) for v in bbox)
     except (TypeError, ValueError):
-        return f"bbox must be numbers, got {bbox!r}"
+        return f"bbox must be numbers, got {shown(bbox)}"
+    if not all(math.isfinite(v) for v in (x, y, w, h)):  # NaN slips past every comparison below
+        return f"bbox {shown(list(bbox))} has a coordinate that is not a finite number"
     if w <= 0 or h <= 0:
         return f"bbox {list(bbox)} has zero or negative area"
     tol = _EDGE_TOLERANCE

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -59,9 +60,45 @@ def _read_header(handle: IO[bytes], path: Path) -> tuple[dict[str, Any], int]:
         raise CorruptShard(f"{path}: bad header length")
     try:
         header = json.loads(handle.read(length))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise CorruptShard(f"{path}: unreadable header") from None
+    problem = _header_problem(header)
+    if problem:  # valid JSON of another shape is as corrupt as garbage: nothing below may index into it
+        raise CorruptShard(f"{path}: header {problem}")
     return header, 16 + length
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _header_problem(header: Any) -> str | None:
+    """What is wrong with a parsed header's shape (None when it is one write_shard writes)."""
+    if not isinstance(header, dict):
+        return "is not an object"
+    if not isinstance(header.get("key"), dict):
+        return "has no key object"
+    ids = header.get("image_ids")
+    if not isinstance(ids, list) or not all(_is_count(i) for i in ids):
+        return "has no list of image ids"
+    fields = header.get("record")
+    if not isinstance(fields, list) or not fields:
+        return "has no record layout"
+    for field in fields:
+        if not (
+            isinstance(field, list)
+            and len(field) == 3
+            and isinstance(field[0], str)
+            and isinstance(field[1], str)
+            and isinstance(field[2], list)
+            and all(_is_count(n) for n in field[2])
+        ):
+            return f"has a malformed record field {str(field)[:80]}"
+    try:
+        _record_dtype(fields)
+    except (TypeError, ValueError) as exc:
+        return f"has a record layout numpy refuses ({exc})"
+    return None
 
 
 def read_header(path: Path) -> dict[str, Any]:
@@ -71,14 +108,17 @@ def read_header(path: Path) -> dict[str, Any]:
 
 
 def open_shard(path: Path, key: dict[str, Any]) -> Shard:
-    """Open a shard written under exactly `key`, after checking its length and checksum, or CorruptShard."""
+    """Open a shard written under exactly `key`, after checking its length and checksum, or CorruptShard.
+
+    The records are memory-mapped through the very handle that was verified, never by opening the path again:
+    a file swapped in at that path after the check (by whoever can write the cache) is not what gets read."""
     with path.open("rb") as handle:
         header, offset = _read_header(handle, path)
         if header.get("key") != key:
             raise CorruptShard(f"{path}: written under another key")
         dtype = _record_dtype(header["record"])
         count = len(header["image_ids"])
-        size = path.stat().st_size
+        size = os.fstat(handle.fileno()).st_size
         if size != offset + count * dtype.itemsize + 32:
             raise CorruptShard(f"{path}: {size} bytes, expected {offset + count * dtype.itemsize + 32}")
         handle.seek(0)
@@ -90,7 +130,8 @@ def open_shard(path: Path, key: dict[str, Any]) -> Shard:
             remaining -= len(chunk)
         if handle.read(32) != sha.digest():
             raise CorruptShard(f"{path}: checksum mismatch")
-    records = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=(count,))
+        # The map keeps its own reference to the file, so it stays valid after the handle is closed.
+        records = np.memmap(handle, dtype=dtype, mode="r", offset=offset, shape=(count,))
     return Shard(path, header, records)
 
 
@@ -126,17 +167,43 @@ def write_shard(
 
 
 # ---------------------------------------------------------------------------------------------- frost cache
+def _shard_files(directory: Path) -> list[Path]:
+    """The files that may be shards: regular, and long enough for a magic and a header length. A folder or an
+    empty file named *.fc (debris, or planted) is not counted as one."""
+    found = []
+    for path in sorted(directory.glob(f"*{SUFFIX}")):
+        try:
+            if path.is_file() and not path.is_symlink() and path.stat().st_size > 16:
+                found.append(path)
+        except OSError:
+            continue
+    return found
+
+
+def _bytes_in(directory: Path) -> int:
+    total = 0
+    for path in directory.iterdir():
+        try:
+            if path.is_file() and not path.is_symlink():
+                total += path.stat().st_size
+        except OSError:
+            continue
+    return total
+
+
 def list_cache(root: Path) -> list[dict[str, Any]]:
     """One row per key directory under `root`: its key (from a shard header), shards and bytes."""
     rows = []
-    for directory in sorted(p for p in root.glob("*") if p.is_dir()) if root.is_dir() else []:
-        shards = sorted(directory.glob(f"*{SUFFIX}"))
+    for directory in (
+        sorted(p for p in root.glob("*") if p.is_dir() and not p.is_symlink()) if root.is_dir() else []
+    ):
+        shards = _shard_files(directory)
         key: dict[str, Any] = {}
         for shard in shards:
             try:
                 key = read_header(shard)["key"]
                 break
-            except (OSError, CorruptShard, KeyError):
+            except (OSError, CorruptShard):
                 continue
         rows.append(
             {
@@ -146,21 +213,26 @@ def list_cache(root: Path) -> list[dict[str, Any]]:
                 "cut": key.get("cut"),
                 "dtype": key.get("dtype"),
                 "shards": [s.name for s in shards],
-                "bytes": sum(p.stat().st_size for p in directory.iterdir() if p.is_file()),
+                "bytes": _bytes_in(directory),
             }
         )
     return rows
 
 
-def clear_cache(root: Path) -> tuple[int, list[str]]:
-    """Remove every key directory no trial is building right now; (bytes freed, directories skipped)."""
+def clear_cache(root: Path) -> tuple[int, list[tuple[str, str]]]:
+    """Remove every key directory no trial is building right now; (bytes freed, (directory, why) skipped)."""
     freed, busy = 0, []
     for row in list_cache(root):
         directory = root / row["key"]
-        with try_file_lock(directory / LOCK_FILE) as lock:
-            if lock is None:
-                busy.append(row["key"])
-                continue
-            freed += row["bytes"]
-            shutil.rmtree(directory, ignore_errors=True)
+        try:
+            with try_file_lock(directory / LOCK_FILE) as lock:
+                if lock is None:
+                    busy.append((row["key"], "a trial is building it right now"))
+                    continue
+                freed += row["bytes"]
+                shutil.rmtree(directory, ignore_errors=True)
+        except OSError as exc:  # its lock is not a file (a folder, say): nothing says no trial holds it
+            busy.append(
+                (row["key"], f"its lock {directory / LOCK_FILE} cannot be taken ({exc.strerror or exc})")
+            )
     return freed, busy

@@ -11,6 +11,7 @@ The shard file format is in trainers/feature_store.py.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -352,7 +353,16 @@ def prepare_feature_cache(
         for split, ds, flip in _wanted_shards(spec, train, val)
     ]
     directory = shard_path(root, wanted[0][2]).parent
-    with file_lock(directory / LOCK_FILE, shared=True):
+    with contextlib.ExitStack() as stack:
+        # The key's lock may not be a file (a folder, say): unlocked, `frost cache clear` could pull shards away.
+        try:
+            stack.enter_context(file_lock(directory / LOCK_FILE, shared=True))
+        except OSError as exc:
+            log.info(
+                "feature cache: %s",
+                f"off: cannot lock {directory} ({exc.strerror or exc}); training without it",
+            )
+            return None, CacheReport(False)
         shards, missing = {}, []
         for split, ds, skey in wanted:
             try:

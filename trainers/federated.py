@@ -26,7 +26,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from trainers.errors import FrostError
+from trainers.errors import FrostError, shown
 
 LVIS_IMAGE_FIELDS = ("neg_category_ids", "not_exhaustive_category_ids")
 PROTOCOLS = ("coco", "lvis")
@@ -59,7 +59,7 @@ def resolve_protocol(protocol: str, coco_gt: COCO, source: Path | str = "annotat
             "use auto or coco for COCO-format data"
         )
     if protocol not in PROTOCOLS:
-        raise FrostError(f"eval.protocol: expected auto, coco or lvis, got {protocol!r}")
+        raise FrostError(f"eval.protocol: expected auto, coco or lvis, got {shown(protocol)}")
     return protocol
 
 

@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import json
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -73,6 +74,29 @@ def atomic_writer(path: Path) -> Iterator[IO[bytes]]:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def writable_folder(path: str | Path, what: str) -> Path:
+    """`path` as a folder frost may write (created if missing), or a FrostError naming `what` and the path.
+
+    Checked up front, with a real write, so that a folder that is a file, lies under a file or cannot be
+    written fails in one line before any work is done, not as a traceback half-way through. A probe file is
+    written rather than permission bits read because the bits do not tell (root ignores them; a read-only or
+    immutable file system does not show in them)."""
+    path = Path(path)
+    for ancestor in (path, *path.parents):
+        if ancestor.exists() or ancestor.is_symlink():
+            if not ancestor.is_dir():
+                where = "is a file" if ancestor == path else f"lies under {ancestor}, which is a file"
+                raise FrostError(f"{what}: {path} {where}; give a folder")
+            break
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise FrostError(f"{what}: {path} is not writable ({exc.strerror or exc})") from None
+    return path
 
 
 def read_json(path: Path, what: str | None = None) -> Any:

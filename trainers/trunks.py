@@ -16,7 +16,7 @@ import torchvision
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from trainers.errors import FrostError
+from trainers.errors import FrostError, shown
 
 HEAD_KEY_PREFIXES = ("fc.", "classifier.")  # classifier heads, dropped when a trunk is loaded
 
@@ -64,7 +64,9 @@ IMAGENET_WEIGHTS = {
 
 def layout_of(backbone: str) -> TrunkLayout:
     if backbone not in LAYOUTS:
-        raise FrostError(f"backbone.name: unknown backbone {backbone!r}; choose one of {', '.join(LAYOUTS)}")
+        raise FrostError(
+            f"backbone.name: unknown backbone {shown(backbone)}; choose one of {', '.join(LAYOUTS)}"
+        )
     return LAYOUTS[backbone]
 
 

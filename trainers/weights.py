@@ -12,7 +12,7 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-from trainers.errors import FrostError
+from trainers.errors import FrostError, shown
 from trainers.trunks import IMAGENET_WEIGHTS, build_classifier, is_head_key, layout_of
 
 
@@ -105,13 +105,19 @@ def _imagenet_state(backbone: str) -> tuple[Any, str]:
 
     if _offline():
         raise unavailable("FROST_OFFLINE is set, so no download was tried")
+    # Fetched to a file, then loaded like every other checkpoint (weights_only=True): torch.hub's
+    # load_state_dict_from_url would unpickle whatever the URL served (docs/stack.md, "Loading files safely").
+    # torchvision's file names carry their sha256 prefix, checked as the bytes arrive (torch.hub's check_hash).
+    match = torch.hub.HASH_REGEX.search(path.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
     try:
-        state = torch.hub.load_state_dict_from_url(
-            url, model_dir=str(path.parent), map_location="cpu", progress=False, check_hash=True
-        )
+        torch.hub.download_url_to_file(url, str(partial), match.group(1) if match else None, progress=False)
+        os.replace(partial, path)
     except Exception as exc:
+        partial.unlink(missing_ok=True)
         raise unavailable(f"the download failed ({type(exc).__name__}: {exc})") from None
-    return state, str(path)
+    return read_checkpoint(path), str(path)
 
 
 def _download(url: str) -> Path:
@@ -143,7 +149,7 @@ def _unwrap_state(raw: Any, backbone: str, source: str) -> dict[str, Tensor]:
     arch = raw.get("arch")
     if arch is not None and arch != backbone:
         raise FrostError(
-            f"backbone.weights: {source}: checkpoint is for {arch!r} but backbone.name is {backbone!r}"
+            f"backbone.weights: {source}: checkpoint is for {shown(arch)} but backbone.name is {shown(backbone)}"
         )
     for key in ("state_dict", "model"):
         if isinstance(raw.get(key), dict):

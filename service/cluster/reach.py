@@ -17,9 +17,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from typing import Any
 from urllib.parse import urlsplit
 
-from trainers.errors import FrostError
+from trainers.errors import FrostError, shown
 
 TOKEN_HELP = "RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token"
 # A fresh interpreter asks the GCS for its cluster id, as `ray.init` does first: Ray's own client presents the
@@ -83,14 +84,31 @@ def _check_listening(where: str, host: str, port: int, timeout: float) -> None:
         raise FrostError(f"cannot reach {where}: nothing listens at {host}:{port} ({reason})") from None
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """urllib follows a redirect with the request's headers, Authorization included: a Jobs address that
+    redirects (or a man in the middle of plain http://) would receive the Ray token. Never follow one."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # urllib then raises the 3xx as an HTTPError
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
+
+
 def _check_jobs_api(url: str, token: str | None, timeout: float) -> None:
     """GET /api/version, which token auth guards: 401 no token, 403 a wrong one (Ray 2.60)."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     request = urllib.request.Request(f"{url}/api/version", headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with _OPENER.open(request, timeout=timeout) as response:
             body = response.read(4096)
     except urllib.error.HTTPError as exc:
+        if 300 <= exc.code < 400:
+            target = shown(exc.headers.get("Location", "elsewhere"))
+            raise FrostError(
+                f"{url} answered GET /api/version with a redirect (HTTP {exc.code}) to {target}; frost does "
+                "not follow redirects with the Ray token: give the Jobs API's own address"
+            ) from None
         if exc.code == 401:
             raise FrostError(
                 f"the Ray cluster at {url} requires a token and none was found ({TOKEN_HELP})"

@@ -7,10 +7,11 @@ from pathlib import Path
 
 
 def _root(args: argparse.Namespace) -> Path:
+    from service.project import existing_project_root
     from trainers.features import cache_root  # torch: only for `frost cache`, not every command
-    from trainers.home import frost_home
 
-    return cache_root(frost_home(args.root))
+    # The same checks as `frost ls` / `status`: a mistyped --root is an error, not "nothing cached".
+    return cache_root(existing_project_root(args.root))
 
 
 def _mib(size: int) -> str:
@@ -35,8 +36,8 @@ def cmd_cache(args: argparse.Namespace) -> int:
     else:
         freed, busy = clear_cache(root)
         print(f"freed {_mib(freed)} under {root}")
-        for key in busy:
-            print(f"kept {key}: a trial is building it right now")
+        for key, why in busy:
+            print(f"kept {key}: {why}")
     return 0
 
 

@@ -11,10 +11,10 @@ from service.commands.flags import ROOT_HELP
 
 def cmd_report(args: argparse.Namespace) -> int:
     """md prints the finding then the path of report.md (last line); json one object."""
-    from service.project import find_sweep, project_root
+    from service.project import existing_project_root, find_sweep
     from service.report.write import report_sweep
 
-    report, path = report_sweep(find_sweep(args.name, project_root(args.root)))
+    report, path = report_sweep(find_sweep(args.name, existing_project_root(args.root)))
     if args.format == "json":
         print(json.dumps(report.to_json()))
     else:

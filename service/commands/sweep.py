@@ -110,7 +110,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from service.project import find_sweep, project_root
+    from service.project import existing_project_root, find_sweep
     from service.status import sweep_status
     from service.sweep_folder import SPEC_FILE
     from sweeps.spec import load_sweep_spec
@@ -121,7 +121,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
         job = job_state(args.name, args.address)
     try:
-        directory = find_sweep(args.name, project_root(args.root))
+        directory = find_sweep(args.name, existing_project_root(args.root))
     except FrostError:
         if not job:
             raise
@@ -157,9 +157,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    from service.project import list_sweeps, project_root
+    from service.project import existing_project_root, list_sweeps
 
-    for name in list_sweeps(project_root(args.root)):
+    for name in list_sweeps(existing_project_root(args.root)):
         print(name)
     return 0
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from service.commands.flags import Parser, overrides
 from trainers.errors import FrostError
+from trainers.files import writable_folder
 
 
 def cmd_data_synth(args: argparse.Namespace) -> int:
@@ -24,7 +25,7 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
         spec = SynthSpec.model_validate(fields)
     except ValidationError as exc:
         raise FrostError(format_validation_error(exc, prefix="synth.")) from None
-    summary = write_detection_dataset(Path(args.out_dir), spec)
+    summary = write_detection_dataset(writable_folder(args.out_dir, "OUT_DIR"), spec)
     print(json.dumps(summary))
     return 0
 
@@ -33,7 +34,13 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from trainers.synth.pretrain import load_pretrain_spec, pretrain_classifier
 
     spec = load_pretrain_spec(args.backbone, args.set)
-    path = pretrain_classifier(spec, Path(args.out) if args.out else None)
+    out = None
+    if args.out:  # a checkpoint file: its folder must be one frost can write
+        out = Path(args.out)
+        if out.is_dir():
+            raise FrostError(f"--out: {out} is a folder; give the checkpoint's file path")
+        writable_folder(out.parent, "--out")
+    path = pretrain_classifier(spec, out)
     print(json.dumps({"checkpoint": str(path)}))
     return 0
 
@@ -42,9 +49,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from trainers.config import load_trial_spec
     from trainers.train import run_trial
 
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise FrostError(f"--out: {out} is a file; a trial writes a folder")
+    out = writable_folder(args.out, "--out")
     if args.workers < 1:
         raise FrostError(f"--workers: must be at least 1, got {args.workers}")
     spec = load_trial_spec(args.trial, args.set)

@@ -9,7 +9,7 @@ from service.report.model import Report, build_report
 from service.report.rows import sweep_rows
 from service.sweep_folder import SweepFolder
 from trainers.errors import FrostError
-from trainers.files import atomic_write_text
+from trainers.files import atomic_write_text, writable_folder
 from trainers.logs import log
 
 REPORT_FILE = "report.md"
@@ -36,10 +36,7 @@ def write_report(folder: SweepFolder, report: Report) -> Path:
     from service.report.markdown import markdown
     from service.report.plots import plot_report
 
-    out = folder.directory / "report"
-    if out.exists() and not out.is_dir():
-        raise FrostError(f"{out}: a file is where the sweep's report folder goes; move it away")
-    out.mkdir(exist_ok=True)
+    out = writable_folder(folder.directory / "report", "report folder")
     uri = folder.tracking.tracking_uri
     history = {}
     if uri and any(r.run_id for r in report.rows):
@@ -62,5 +59,7 @@ def write_report(folder: SweepFolder, report: Report) -> Path:
 def report_sweep(directory: Path) -> tuple[Report, Path]:
     """Build and write the sweep's report; its folder's files are read once."""
     folder = SweepFolder(directory)
+    # Before MLflow is asked anything: a report folder that cannot be written fails at once, in one line.
+    writable_folder(folder.directory / "report", "report folder")
     report = sweep_report(folder)
     return report, write_report(folder, report)

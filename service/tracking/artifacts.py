@@ -27,6 +27,7 @@ from service.report.plots import pyplot, save_figure
 from service.results import is_number
 from service.sweep_folder import Unreadable, trial_history
 from trainers.files import read_json_or
+from trainers.logs import log
 
 PREDICTION_IMAGES = 3
 PREDICTION_SCORE = 0.3
@@ -87,7 +88,20 @@ def plot_predictions(trial_spec: dict[str, Any], detections: list[dict[str, Any]
         return None
     coco = json.loads(split[0].read_text())
     names = {c["id"]: c["name"] for c in coco.get("categories", [])}
-    images = sorted(coco.get("images", []), key=lambda i: i["id"])[:PREDICTION_IMAGES]
+    from trainers.data import leaves_folder  # torch: imported where a trial's artifacts are drawn, not before
+
+    # The loader's rule (trainers/data.py): an image named outside the image folder is never read. Only
+    # images of a sound shape are drawn; this is a best-effort picture, not the place to validate a dataset.
+    shaped = [
+        i
+        for i in coco.get("images", [])
+        if isinstance(i, dict) and isinstance(i.get("id"), int) and isinstance(i.get("file_name"), str)
+    ]
+    outside = [i["file_name"] for i in shaped if leaves_folder(i["file_name"])]
+    if outside:
+        log.warning("predictions.png: skipped %d image(s) named outside the image folder", len(outside))
+    inside = [i for i in shaped if not leaves_folder(i["file_name"])]
+    images = sorted(inside, key=lambda i: i["id"])[:PREDICTION_IMAGES]
     if not images:
         return None
     fig, axes = plt.subplots(2, len(images), figsize=(2.2 * len(images), 4.4), dpi=80, squeeze=False)

@@ -98,8 +98,15 @@ class SweepTracker:
             atomic_write_json(self.state_path, state)
             return state
         state = read_json(self.state_path, "tracking state")
-        if not isinstance(state, dict) or not isinstance(state.get("trials"), dict):
+        records = state.get("trials") if isinstance(state, dict) else None
+        if not isinstance(records, dict):
             raise FrostError(f"tracking state {self.state_path}: not a tracking state file")
+        foreign = [str(tid)[:80] for tid, record in records.items() if not isinstance(record, dict)]
+        if foreign:  # the writer folds operations into these records: one it cannot index is not its own
+            raise FrostError(
+                f"tracking state {self.state_path}: the record of trial {foreign[0]!r} is not an object; restore "
+                "the file, or remove it to open the sweep's MLflow runs afresh"
+            )
         if state.get("tracking_uri") != self.tracking_uri:
             raise FrostError(
                 f"{self.state_path}: this sweep's runs live in {state.get('tracking_uri')!r}, not in "
