@@ -17,10 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from service.tracking.ops import (
-
-# MLflow 3's UI opens an experiment in its GenAI view (traces, judges) unless the experiment says it holds model
-# training runs: with this tag it lands on the runs table, where a sweep's trials and their metrics are.
-EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
     BATCH,
     FATE_STATUS,
     MAX_TAG_VALUE,
@@ -38,6 +34,10 @@ EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
     fold,
     params_of,
 )
+
+# MLflow 3's UI opens an experiment in its GenAI view (traces, judges) unless the experiment says it holds model
+# training runs: with this tag it lands on the runs table, where a sweep's trials and their metrics are.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 # MLflow error codes that retrying cannot fix: the operation is dropped (with a warning) so that one bad
 # operation does not block every later one. Anything else (connection refused, 5xx, "database is locked")

@@ -140,7 +140,9 @@ def steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
 def assert_asha_sweep_recorded(client: MlflowClient, experiment: str) -> None:
     parents, children = sweep_runs(client, experiment)
     # MLflow's UI opens the experiment on its runs table, not the GenAI view (docs/stack.md)
-    assert client.get_experiment_by_name(experiment).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert (
+        client.get_experiment_by_name(experiment).tags["mlflow.experimentKind"] == "custom_model_development"
+    )
     assert len(parents) == 1
     parent = parents[0]
     assert parent.info.status == "FINISHED"
