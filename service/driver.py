@@ -28,7 +28,7 @@ from service.cluster.runtime import (
 from service.console import configure_logging, print_summary
 from service.live import LiveView
 from service.plots import plot_sweep
-from service.project import check_private, check_same_spec, project_root, sweep_lock
+from service.project import check_private, check_same_spec, make_folder, project_root, sweep_lock
 from service.results import FATE_STATE, SweepSummary, TrialRow, best_value
 from service.status import sweep_status
 from service.sweep_folder import SPEC_FILE, TRACKING_FILE, SweepFolder
@@ -72,7 +72,7 @@ def run_sweep(
     home = project_root(root)
     directory = sweep_dir(spec, home)
     check_private(home, directory.parent, directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    make_folder(directory)
     with sweep_lock(directory):
         check_same_spec(spec, directory, force)
         status = sweep_status(directory, spec)

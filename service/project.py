@@ -39,11 +39,20 @@ def project_root(root: str | Path | None) -> Path:
     if path.exists() and not path.is_dir():
         raise FrostError(f"--root: {path} is a file, not a project folder")
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        make_folder(path)
     except OSError as exc:
         raise FrostError(f"--root: cannot create the project folder {path} ({exc.strerror})") from None
     use_home(path)
     return path
+
+
+def make_folder(path: Path) -> None:
+    """`mkdir -p`, the folders it creates writable by their owner only whatever the umask (002 is common):
+    frost's own storage must pass `check_private`."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    path.mkdir(parents=True, exist_ok=True)
+    for folder in missing:
+        folder.chmod(folder.stat().st_mode & ~(stat.S_IWGRP | stat.S_IWOTH))
 
 
 def existing_project_root(root: str | Path | None) -> Path:
@@ -174,7 +183,7 @@ def archive_sweep(previous: SweepSpec, spec: SweepSpec, directory: Path) -> Path
     archive = (
         directory.parent / ".replaced" / f"{spec.name}-{previous.digest()}-{time.strftime('%Y%m%d-%H%M%S')}"
     )
-    archive.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(archive.parent)
     directory.rename(archive)
-    directory.mkdir(parents=True)
+    make_folder(directory)
     return archive

@@ -13,9 +13,10 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from sweeps.model import SweepSpec
 from sweeps.samplers import SAMPLERS
-from trainers.config import apply_overrides, format_validation_error, parse_override, read_yaml
+from trainers.config import apply_overrides, format_validation_error, parse_override
 from trainers.errors import FrostError, shown
 from trainers.files import atomic_write_text
+from trainers.safe_yaml import read_yaml
 
 
 def format_sweep_error(error: ValidationError) -> str:

@@ -128,6 +128,19 @@ def test_storage_others_may_write_is_refused(tmp_path, capsys, kind, where):
     _assert_user_error(code, capsys, str(target), f"owned by uid {other}", "chown")
 
 
+def test_folders_frost_creates_pass_its_own_check_under_a_group_writable_umask(tmp_path):
+    from service.project import check_private, make_folder
+
+    old = os.umask(0o002)  # common on shared machines: new folders would be group-writable
+    try:
+        make_folder(tmp_path / "root" / "sweeps" / "smoke")
+    finally:
+        os.umask(old)
+    folders = [tmp_path / "root", tmp_path / "root" / "sweeps", tmp_path / "root" / "sweeps" / "smoke"]
+    assert all(f.stat().st_mode & 0o022 == 0 for f in folders)
+    check_private(*folders)  # no FrostError
+
+
 def test_storage_every_user_may_write_is_refused(tmp_path, capsys):
     root = tmp_path / "root"
     root.mkdir()
@@ -753,7 +766,7 @@ def test_a_few_honest_aliases_still_load(tmp_path, capsys):
     path = tmp_path / "spec.yaml"
     path.write_text("optim: &o {lr: 0.01}\ntrain: {epochs: 1}\n")
     assert main(["validate", str(CATALOG / "smoke.yaml")]) == 0
-    from trainers.config import read_yaml
+    from trainers.safe_yaml import read_yaml
 
     assert read_yaml(path)["optim"] == {"lr": 0.01}
 
