@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,9 +82,10 @@ def run_sweep(
             log.info("sweep '%s' is already complete: nothing to run (frost status %s)", spec.name, spec.name)
             print_summary(status, _browse(status.tracking_uri or default_tracking_uri(home), home))
             return status
-        prepare_inputs(spec)
-        timeline.mark("data and builtin weights checked")
-        summary = _fit(spec, home, directory, address, verbose)
+        # The data and builtin weights are checked (torch imported, the data set read) while Ray starts: the
+        # two overlap, and a bad data set is still an error before any trial starts.
+        inputs = InBackground(prepare_inputs, spec)
+        summary = _fit(spec, home, directory, address, verbose, inputs)
     if report:
         write_sweep_report(directory)
         timeline.mark("report written")
@@ -102,7 +105,33 @@ def write_sweep_report(directory: Path) -> None:
         )
 
 
-def _fit(spec: SweepSpec, home: Path, directory: Path, address: str | None, verbose: bool) -> SweepSummary:
+class InBackground:
+    """`fn(*args)` in a daemon thread (a failure elsewhere need not wait for it); `result()` joins it and
+    raises what it raised."""
+
+    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
+        self._error: BaseException | None = None
+        self._value: Any = None
+
+        def run() -> None:
+            try:
+                self._value = fn(*args)
+            except BaseException as exc:  # handed to result(), in the caller's thread
+                self._error = exc
+
+        self._thread = threading.Thread(target=run, name=f"frost-{fn.__name__}", daemon=True)
+        self._thread.start()
+
+    def result(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+def _fit(
+    spec: SweepSpec, home: Path, directory: Path, address: str | None, verbose: bool, inputs: InBackground
+) -> SweepSummary:
     tracking_uri = spec.tracking.uri or default_tracking_uri(home)
     callback = tracking_callback(spec, directory, tracking_uri)
     with (
@@ -111,6 +140,8 @@ def _fit(spec: SweepSpec, home: Path, directory: Path, address: str | None, verb
         sigterm_stops_gracefully(),
     ):
         timeline.mark("Ray started")
+        inputs.result()
+        timeline.mark("data and builtin weights checked")
         fits = check_trials_fit(spec, address)
         if spec.resources.workers_per_trial > 1:
             log.info(

@@ -165,3 +165,22 @@ def test_the_sweep_is_plotted_beside_it_and_on_its_parent_run(sweep, capsys):
     plot.unlink()
     assert main(["status", "tiny-asha", "--root", str(sweep["root"]), "--plot", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["plot"] == str(plot) and plot.exists()
+
+
+def test_a_bad_dataset_is_refused_before_any_trial_starts(tmp_path):
+    """The data are checked while Ray starts (service/driver.py): a broken annotation file is still exit 2
+    naming the file, and no trial ran."""
+    data = tmp_path / "data"
+    (data / "annotations").mkdir(parents=True)
+    (data / "images").mkdir()
+    (data / "annotations" / "train.json").write_text("{not json")
+    (data / "annotations" / "val.json").write_text("{not json")
+    sweep = tiny_asha_sweep("bad-data")
+    sweep["trial"]["data"] = {"source": "coco", "root": str(data)}
+    spec = tmp_path / "bad.yaml"
+    spec.write_text(yaml.safe_dump(sweep))
+    root = tmp_path / "root"
+    code, _, err = run_cli(["run", str(spec), "--root", str(root)])
+    assert code == 2, err[-2000:]
+    assert "train.json" in err and "Traceback" not in err
+    assert not list((root / "sweeps" / "bad-data").glob("trials/*"))
