@@ -39,6 +39,10 @@ HOST_PATTERN_CHARS = re.compile(r"[*?\[\]]")
 # A URI with a password (SCHEME://USER:PASSWORD@HOST).
 URI_WITH_PASSWORD = re.compile(r"://[^/\s:@]+:[^/\s@]+@")
 SQLITE_URI = re.compile(r"sqlite:/{2,}([^\s'\"`)]*)")
+# Ray's well-known ports: GCS, dashboard / Jobs API, client server.
+RAY_PORTS = {6379, 8265, 10001}
+NAME_LABEL = "app.kubernetes.io/name"
+COMPONENT_LABEL = "app.kubernetes.io/component"
 
 
 # ------------------------------------------------------------------------------------------ reading
@@ -65,6 +69,17 @@ def the(kind: str) -> dict[str, Any]:
     found = objects_of(kind)
     assert len(found) == 1, f"expected one {kind} under deploy/kuberay, found {len(found)}"
     return found[0]
+
+
+def named(kind: str, name: str, objects: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The object of this kind and name (of `objects`, else of deploy/kuberay)."""
+    matches = [
+        o
+        for o in (kube_objects() if objects is None else objects)
+        if o.get("kind") == kind and o["metadata"]["name"] == name
+    ]
+    assert len(matches) == 1, f"expected one {kind}/{name}, found {len(matches)}"
+    return matches[0]
 
 
 def ray_up() -> dict[str, Any]:
@@ -198,6 +213,33 @@ def ray_pod_labels() -> list[tuple[str, dict[str, str]]]:
     return found
 
 
+def pod_templates(obj: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Every pod template of an object, with its path: a Deployment's, the head and worker groups of a
+    RayCluster (or of a RayJob's rayClusterSpec), a RayJob's submitterPodTemplate."""
+    found = []
+    for path, key, value in walk(obj):
+        if key in ("template", "submitterPodTemplate") and isinstance(value, dict):
+            if isinstance(value.get("spec"), dict) and "containers" in value["spec"]:
+                found.append((f"{path}.{key}", value))
+    return found
+
+
+def frost_pod_labels(
+    objects: list[dict[str, Any]],
+) -> tuple[list[tuple[str, dict[str, str]]], list[tuple[str, dict[str, str]]]]:
+    """(Ray head and worker pods, RayJob submitter pods) of these objects: where, and their labels."""
+    ray, submitters = [], []
+    for obj in objects:
+        name = f"{obj.get('kind')}/{obj.get('metadata', {}).get('name')}"
+        for path, template in pod_templates(obj):
+            labels = (template.get("metadata") or {}).get("labels") or {}
+            if "GroupSpec" in path:
+                ray.append((f"{name}{path}", labels))
+            elif path.endswith("submitterPodTemplate"):
+                submitters.append((f"{name}{path}", labels))
+    return ray, submitters
+
+
 def mlflow_pod_labels(objects: list[dict[str, Any]]) -> dict[str, str]:
     deployment = next(
         o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "frost-mlflow"
@@ -238,7 +280,7 @@ def network_policy_problems(objects: list[dict[str, Any]]) -> list[str]:
         if not any(selector_matches(peer, labels) for peer in peers):
             problems.append(f"{where}: the Ray pods are not admitted")
     others = {
-        "the RayJob submitter": {},
+        "the RayJob submitter": {NAME_LABEL: "frost", COMPONENT_LABEL: "ray-job-submitter"},
         "another frost pod": {"app.kubernetes.io/name": "frost"},
         "an unrelated pod": {"app": "web"},
         "the MLflow pod itself": mlflow_labels,
@@ -246,6 +288,79 @@ def network_policy_problems(objects: list[dict[str, Any]]) -> list[str]:
     for what, labels in others.items():
         if any(selector_matches(peer, labels) for peer in peers):
             problems.append(f"{what} ({labels}) is admitted")
+    return problems
+
+
+def ray_network_policy_problems(objects: list[dict[str, Any]]) -> list[str]:
+    """Every Ray pod must be selected by a NetworkPolicy restricting its ingress to frost's own pods: the
+    Ray pods among themselves (every port: Ray's node-to-node ports are chosen at start-up), the RayJob
+    submitter on Ray's ports only, and no other pod, address block or namespace."""
+    ray_pods, submitters = frost_pod_labels(objects)
+    if not ray_pods:
+        return ["no Ray pods found"]
+    policies = [
+        p
+        for p in objects
+        if p.get("kind") == "NetworkPolicy"
+        and any(selector_matches(p["spec"]["podSelector"], labels) for _, labels in ray_pods)
+        and "Ingress" in p["spec"].get("policyTypes", ["Ingress"])
+    ]
+    problems = []
+    for where, labels in ray_pods:
+        if not any(selector_matches(p["spec"]["podSelector"], labels) for p in policies):
+            problems.append(f"{where}: no NetworkPolicy restricts ingress to this Ray pod")
+    rules: list[tuple[list[dict[str, Any]], set[Any] | None]] = []  # (peer selectors, ports or None: all)
+    for policy in policies:
+        name = policy["metadata"]["name"]
+        if not policy["spec"]["podSelector"]:
+            problems.append(f"{name}: an empty podSelector selects every pod of the namespace")
+        for rule in policy["spec"].get("ingress", []):
+            if not rule.get("from"):
+                problems.append(f"{name}: an ingress rule without `from` admits every source")
+                continue
+            peers = []
+            for peer in rule["from"]:
+                if set(peer) != {"podSelector"} or not peer["podSelector"]:
+                    problems.append(f"{name}: ingress from {peer} is not a labelled pod of this namespace")
+                elif (peer["podSelector"].get("matchLabels") or {}).get(NAME_LABEL) != "frost":
+                    problems.append(
+                        f"{name}: ingress from {peer['podSelector']} does not require frost's label"
+                    )
+                else:
+                    peers.append(peer["podSelector"])
+            ports = {port.get("port") for port in rule.get("ports", [])} or None
+            if any("endPort" in port for port in rule.get("ports", [])):
+                problems.append(f"{name}: an ingress port range")
+            if ports is not None and not ports <= RAY_PORTS:
+                problems.append(
+                    f"{name}: ingress ports {sorted(ports, key=str)} beyond Ray's {sorted(RAY_PORTS)}"
+                )
+            rules.append((peers, ports))
+
+    def admitted(labels: dict[str, str]) -> list[set[Any] | None]:
+        return [ports for peers, ports in rules if any(selector_matches(peer, labels) for peer in peers)]
+
+    for where, labels in ray_pods:
+        if None not in admitted(labels):
+            problems.append(f"{where}: the Ray pods do not reach each other on every port")
+    for where, labels in submitters:
+        reach = admitted(labels)
+        if not any(ports is not None and 8265 in ports for ports in reach):
+            problems.append(f"{where}: the RayJob submitter does not reach the Jobs API (8265)")
+        if None in reach:
+            problems.append(f"{where}: the RayJob submitter reaches every port, not only Ray's")
+    others = {
+        "another frost pod": {NAME_LABEL: "frost"},
+        "a frost pod of another component": {NAME_LABEL: "frost", COMPONENT_LABEL: "notebook"},
+        "an unrelated pod": {"app": "web"},
+        "an unlabelled pod": {},
+    }
+    mlflow = [o for o in objects if o.get("kind") == "Deployment" and o["metadata"]["name"] == "frost-mlflow"]
+    if mlflow:
+        others["the MLflow pod"] = mlflow_pod_labels(objects)
+    for what, labels in others.items():
+        if admitted(labels):
+            problems.append(f"{what} ({labels}) is admitted to the Ray pods")
     return problems
 
 
@@ -300,7 +415,8 @@ def script_code(path: Path) -> str:
 def test_every_manifest_parses_with_the_expected_kinds():
     kinds = sorted(str(obj.get("kind")) for obj in kube_objects())
     assert kinds == sorted(
-        ["RayCluster", "RayJob", "Deployment", "Service", "NetworkPolicy"]
+        ["RayCluster", "RayJob", "Deployment", "Service"]
+        + ["NetworkPolicy"] * 2
         + ["PersistentVolumeClaim"] * 2
         + ["Secret"] * 6
     )
@@ -533,10 +649,71 @@ def mlflow_container() -> dict[str, Any]:
 
 def test_mlflow_network_policy_admits_only_the_sweeps_ray_pods():
     assert network_policy_problems(kube_objects()) == []
-    policy = the("NetworkPolicy")
+    policy = named("NetworkPolicy", "frost-mlflow")
     assert selector_matches(policy["spec"]["podSelector"], mlflow_pod_labels(kube_objects()))
     for _, labels in ray_pod_labels():  # the policy selects MLflow, not the Ray pods it admits
         assert not selector_matches(policy["spec"]["podSelector"], labels)
+
+
+def test_ray_network_policy_admits_only_frosts_own_pods():
+    assert ray_network_policy_problems(kube_objects()) == []
+    policy = named("NetworkPolicy", "frost-ray")
+    ray_pods, submitters = frost_pod_labels(kube_objects())
+    assert len(ray_pods) == 4 and len(submitters) == 1, "head + GPU workers x RayCluster/RayJob; a submitter"
+    for where, labels in ray_pods:
+        assert selector_matches(policy["spec"]["podSelector"], labels), where
+    for where, labels in submitters:  # the submitter is admitted, not selected
+        assert not selector_matches(policy["spec"]["podSelector"], labels), where
+    assert not selector_matches(policy["spec"]["podSelector"], mlflow_pod_labels(kube_objects()))
+    # Ingress only: the Ray pods' egress (MLflow, S3) is not restricted, and MLflow's policy still admits them.
+    assert policy["spec"]["policyTypes"] == ["Ingress"] and "egress" not in policy["spec"]
+    assert network_policy_problems(kube_objects()) == []
+    text = (KUBERAY / "ray-network-policy.yaml").read_text()
+    assert "port-forward" in text and "enforces NetworkPolicy" in text
+
+
+def test_ray_network_policy_checker_catches_what_it_guards_against():
+    def ray_policy(objects: list[dict[str, Any]]) -> dict[str, Any]:
+        return named("NetworkPolicy", "frost-ray", objects)
+
+    without = [o for o in kube_objects() if o["metadata"]["name"] != "frost-ray"]
+    assert sum("no NetworkPolicy restricts ingress" in p for p in ray_network_policy_problems(without)) == 4
+
+    def change(edit) -> list[str]:
+        objects = copy.deepcopy(kube_objects())
+        edit(ray_policy(objects)["spec"])
+        return ray_network_policy_problems(objects)
+
+    assert any(
+        "0.0.0.0/0" in p
+        for p in change(lambda s: s["ingress"][0]["from"].append({"ipBlock": {"cidr": "0.0.0.0/0"}}))
+    )
+    assert any(
+        "namespaceSelector" in p
+        for p in change(lambda s: s["ingress"][1]["from"].append({"namespaceSelector": {}}))
+    )
+    assert any("without `from`" in p for p in change(lambda s: s["ingress"][1].pop("from")))
+    # The submitter's rule opened to every frost pod, or to more ports than Ray's.
+    assert any(
+        "another frost pod" in p
+        for p in change(
+            lambda s: s["ingress"][1]["from"][0]["podSelector"]["matchLabels"].pop(COMPONENT_LABEL)
+        )
+    )
+    assert any("beyond Ray's" in p for p in change(lambda s: s["ingress"][1]["ports"].append({"port": 22})))
+    assert any("every port, not only Ray's" in p for p in change(lambda s: s["ingress"][1].pop("ports")))
+    # A peer without frost's label; the Ray pods cut off from each other's ports.
+    assert any(
+        "does not require frost's label" in p
+        for p in change(
+            lambda s: s["ingress"][1]["from"].append({"podSelector": {"matchLabels": {"app": "web"}}})
+        )
+    )
+    assert any(
+        "reach each other on every port" in p
+        for p in change(lambda s: s["ingress"][0].update(ports=[{"port": 6379}]))
+    )
+    assert any("selects every pod" in p for p in change(lambda s: s.update(podSelector={})))
 
 
 def test_mlflow_requires_authentication_and_the_sweeps_have_credentials():
@@ -775,9 +952,10 @@ def test_readme_explains_every_file():
 
 
 # ------------------------------------------------------------------------------------------ the checkers fail
-def mutated(kind: str, change) -> list[dict[str, Any]]:
+def mutated(kind: str, change, name: str | None = None) -> list[dict[str, Any]]:
+    """deploy/kuberay's objects with `change` applied to the (first, or named) object of `kind`."""
     objects = copy.deepcopy(kube_objects())
-    change(next(obj for obj in objects if obj["kind"] == kind))
+    change(next(o for o in objects if o["kind"] == kind and name in (None, o["metadata"]["name"])))
     return objects
 
 
@@ -806,7 +984,7 @@ def test_checkers_catch_what_they_guard_against():
     assert command_line_passwords(["PGPASSWORD=pw psql -h db"])
 
     def open_ingress(objects: list[dict[str, Any]]) -> None:
-        policy = next(o for o in objects if o["kind"] == "NetworkPolicy")
+        policy = named("NetworkPolicy", "frost-mlflow", objects)
         policy["spec"]["ingress"][0]["from"].append({"ipBlock": {"cidr": "0.0.0.0/0"}})
 
     objects = copy.deepcopy(kube_objects())
@@ -815,6 +993,7 @@ def test_checkers_catch_what_they_guard_against():
     loose = mutated(
         "NetworkPolicy",
         lambda p: p["spec"]["ingress"][0]["from"][0]["podSelector"].pop("matchExpressions"),
+        "frost-mlflow",
     )
     assert any("another frost pod" in p for p in network_policy_problems(loose))
     assert network_policy_problems([o for o in kube_objects() if o["kind"] != "NetworkPolicy"]) == [
