@@ -364,6 +364,77 @@ def ray_network_policy_problems(objects: list[dict[str, Any]]) -> list[str]:
     return problems
 
 
+def autoscaling_head(obj: dict[str, Any], path: str) -> bool:
+    """Whether the pod template at `path` is the head of a cluster with KubeRay's autoscaler sidecar."""
+    spec = obj.get("spec") or {}
+    cluster = spec.get("rayClusterSpec", spec) if obj.get("kind") == "RayJob" else spec
+    return "headGroupSpec" in path and bool(cluster.get("enableInTreeAutoscaling"))
+
+
+def container_security_problems(where: str, container: dict[str, Any], pod: dict[str, Any]) -> list[str]:
+    """One container (or KubeRay's autoscalerOptions) of a pod: no privilege escalation, no capabilities,
+    a seccomp profile, a non-root user, a read-only root file system with /tmp on a writable emptyDir."""
+    security = container.get("securityContext") or {}
+    pod_security = pod.get("securityContext") or {}
+    problems = []
+    if security.get("allowPrivilegeEscalation") is not False:
+        problems.append(f"{where}: allowPrivilegeEscalation is not false")
+    if security.get("privileged"):
+        problems.append(f"{where}: privileged")
+    capabilities = security.get("capabilities") or {}
+    if "ALL" not in (capabilities.get("drop") or []) or capabilities.get("add"):
+        problems.append(f"{where}: capabilities are not {{drop: [ALL]}}")
+    seccomp = (security.get("seccompProfile") or pod_security.get("seccompProfile") or {}).get("type")
+    if seccomp not in ("RuntimeDefault", "Localhost"):
+        problems.append(f"{where}: no seccompProfile RuntimeDefault (pod or container)")
+    if not security.get("runAsNonRoot", pod_security.get("runAsNonRoot")):
+        problems.append(f"{where}: runAsNonRoot is not set")
+    if security.get("readOnlyRootFilesystem") is not True:
+        problems.append(f"{where}: readOnlyRootFilesystem is not true")
+    empty_dirs = {v["name"]: v["emptyDir"] for v in pod.get("volumes") or [] if "emptyDir" in v}
+    mounts = {m["mountPath"]: m for m in container.get("volumeMounts") or []}
+    writable = {path for path, m in mounts.items() if m["name"] in empty_dirs and not m.get("readOnly")}
+    if "/tmp" not in writable:
+        problems.append(f"{where}: /tmp is not a writable emptyDir")
+    if "/tmp/ray" in mounts:
+        problems.append(f"{where}: a mount at /tmp/ray (KubeRay's own ray-logs volume goes there)")
+    return problems
+
+
+def pod_security_problems(objects: list[dict[str, Any]]) -> list[str]:
+    """Every pod template of every object (Deployment, RayCluster and RayJob head and worker groups, the
+    RayJob submitter) and every container, init container and autoscaler sidecar in it."""
+    problems = []
+    for obj in objects:
+        name = f"{obj.get('kind')}/{obj.get('metadata', {}).get('name')}"
+        for path, template in pod_templates(obj):
+            pod, where = template["spec"], f"{name}{path}"
+            # Only the autoscaling head keeps a token: its autoscaler sidecar scales pods through the API.
+            wanted = autoscaling_head(obj, path)
+            if pod.get("automountServiceAccountToken") is not wanted:
+                problems.append(f"{where}: automountServiceAccountToken is not {str(wanted).lower()}")
+            if pod.get("hostPID") or pod.get("hostIPC") or pod.get("hostNetwork"):
+                problems.append(f"{where}: shares a host namespace")
+            for key in ("initContainers", "containers"):
+                for index, container in enumerate(pod.get(key) or []):
+                    label = f"{where}.{key}[{index}]({container.get('name')})"
+                    problems += container_security_problems(label, container, pod)
+            if "GroupSpec" in path:
+                for container in pod["containers"]:
+                    mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts") or []}
+                    volumes = {v["name"]: v for v in pod.get("volumes") or []}
+                    shm = (volumes.get(mounts.get("/dev/shm", "")) or {}).get("emptyDir") or {}
+                    if shm.get("medium") != "Memory":
+                        problems.append(
+                            f"{where}({container.get('name')}): /dev/shm is not a memory emptyDir"
+                        )
+            if autoscaling_head(obj, path):
+                cluster = obj["spec"].get("rayClusterSpec", obj["spec"])
+                options = cluster.get("autoscalerOptions") or {}
+                problems += container_security_problems(f"{where}(autoscaler)", options, pod)
+    return problems
+
+
 def allowed_hosts_problems(hosts: list[str]) -> list[str]:
     """--allowed-hosts entries must be exact names: a pattern like frost-mlflow.* matches foreign hosts."""
     return [f"{host!r} is a pattern, not a host name" for host in hosts if HOST_PATTERN_CHARS.search(host)]
@@ -714,6 +785,86 @@ def test_ray_network_policy_checker_catches_what_it_guards_against():
         for p in change(lambda s: s["ingress"][0].update(ports=[{"port": 6379}]))
     )
     assert any("selects every pod" in p for p in change(lambda s: s.update(podSelector={})))
+
+
+def test_every_container_is_hardened():
+    assert pod_security_problems(kube_objects()) == []
+    templates = [(o["kind"], path) for o in kube_objects() for path, _ in pod_templates(o)]
+    assert len(templates) == 6, "MLflow; head and GPU workers x RayCluster/RayJob; the submitter"
+    checked = [c for o in kube_objects() for _, c in containers(o)]
+    assert {c["name"] for c in checked} == {"mlflow", "ray-head", "ray-worker", "ray-job-submitter"}
+    # The anchors keep the RayCluster's pods alike (one pod-level and one container-level context).
+    text = (KUBERAY / "raycluster.yaml").read_text()
+    assert text.count("*pod-security") == 1 and text.count("*container-security") == 2
+
+
+def test_pod_security_checker_catches_what_it_guards_against():
+    def problems_after(kind: str, edit, name: str | None = None) -> list[str]:
+        return pod_security_problems(mutated(kind, edit, name))
+
+    def worker(cluster: dict[str, Any]) -> dict[str, Any]:
+        return cluster["spec"]["workerGroupSpecs"][0]["template"]["spec"]
+
+    def mlflow_container_of(deployment: dict[str, Any]) -> dict[str, Any]:
+        return deployment["spec"]["template"]["spec"]["containers"][0]
+
+    escalation = problems_after(
+        "Deployment",
+        lambda d: mlflow_container_of(d)["securityContext"].update(allowPrivilegeEscalation=True),
+    )
+    assert any("allowPrivilegeEscalation" in p for p in escalation)
+    assert any(
+        "capabilities" in p
+        for p in problems_after(
+            "Deployment",
+            lambda d: mlflow_container_of(d)["securityContext"]["capabilities"].update(add=["NET_ADMIN"]),
+        )
+    )
+    assert any(
+        "readOnlyRootFilesystem" in p
+        for p in problems_after(
+            "Deployment", lambda d: mlflow_container_of(d)["securityContext"].pop("readOnlyRootFilesystem")
+        )
+    )
+    assert any(
+        "seccompProfile" in p
+        for p in problems_after(
+            "Deployment", lambda d: d["spec"]["template"]["spec"]["securityContext"].pop("seccompProfile")
+        )
+    )
+    assert any(
+        "automountServiceAccountToken" in p
+        for p in problems_after("RayCluster", lambda c: worker(c).pop("automountServiceAccountToken"))
+    )
+    assert any(
+        "/tmp is not a writable emptyDir" in p
+        for p in problems_after("RayCluster", lambda c: worker(c)["containers"][0]["volumeMounts"].pop())
+    )
+    assert any(
+        "/dev/shm" in p
+        for p in problems_after("RayCluster", lambda c: worker(c)["volumes"][2]["emptyDir"].pop("medium"))
+    )
+    assert any(
+        "(autoscaler)" in p
+        for p in problems_after("RayCluster", lambda c: c["spec"]["autoscalerOptions"].pop("securityContext"))
+    )
+    unhardened_init = {"name": "init", "image": IMAGE, "command": ["true"]}
+    assert any(
+        "initContainers[0](init)" in p
+        for p in problems_after(
+            "RayJob",
+            lambda j: j["spec"]["submitterPodTemplate"]["spec"].update(initContainers=[unhardened_init]),
+        )
+    )
+    assert any(
+        "KubeRay's own ray-logs" in p
+        for p in problems_after(
+            "RayCluster",
+            lambda c: c["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["volumeMounts"].append(
+                {"name": "tmp", "mountPath": "/tmp/ray"}
+            ),
+        )
+    )
 
 
 def test_mlflow_requires_authentication_and_the_sweeps_have_credentials():
