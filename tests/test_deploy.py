@@ -456,7 +456,9 @@ def command_line_passwords(commands: list[str]) -> list[str]:
     """Shell commands (ray up's) that would put a database password in a process's arguments."""
     problems = []
     for command in commands:
-        if URI_WITH_PASSWORD.search(command) or re.search(r"PGPASSWORD=|--password[ =]", command):
+        if URI_WITH_PASSWORD.search(command) or re.search(
+            r"PGPASSWORD=|--password[ =]|[?&](ssl)?password=", command, re.I
+        ):
             problems.append(f"a password on a command line: {command}")
         if re.search(r"--backend-store-uri[ =]", command):
             problems.append(f"a store URI on a command line (use --backend-store-uri-file): {command}")
@@ -1001,7 +1003,7 @@ def test_no_database_password_on_a_command_line(tmp_path):
     uri_file.chmod(0o644)
     status = ["status", "--root", str(tmp_path), "--backend-store-uri-file", str(uri_file)]
     shared = mlflow_script(*status)
-    assert shared.returncode != 0 and "readable by others (mode 644)" in shared.stderr
+    assert shared.returncode != 0 and "readable by others (mode 644" in shared.stderr
     uri_file.chmod(0o600)
     private = mlflow_script(*status)
     assert private.returncode == 0 and "not running" in private.stdout, private.stderr
@@ -1090,6 +1092,94 @@ def test_mlflow_script_binds_loopback_and_wants_the_psycopg2_driver(tmp_path):
     assert status.returncode == 0 and "not running" in status.stdout
 
 
+def credentials_file(folder: Path, mode: int, password: str = "pw-" + "c" * 16) -> Path:
+    path = folder / "mlflow-credentials"
+    path.write_text(f"[mlflow]\nmlflow_tracking_username = admin\nmlflow_tracking_password = {password}\n")
+    path.chmod(mode)
+    return path
+
+
+def test_mlflow_script_turns_authentication_on_with_exact_hosts(tmp_path):
+    secret = "pw-" + "d" * 16
+    credentials = credentials_file(tmp_path, 0o600, secret)
+    for command in ("start", "run"):
+        dry = mlflow_script(
+            command,
+            "--root",
+            str(tmp_path),
+            "--port",
+            "5123",
+            "--credentials-file",
+            str(credentials),
+            "--dry-run",
+        )
+        assert dry.returncode == 0, dry.stderr
+        argv = shlex.split(found(r"^command: (.*)$", dry.stdout, re.M))
+        assert argv[:6] == ["mlflow", "server", "--host", "127.0.0.1", "--port", "5123"]
+        assert argv[argv.index("--app-name") + 1] == "basic-auth"
+        hosts = argv[argv.index("--allowed-hosts") + 1].split(",")
+        assert hosts == ["127.0.0.1:5123", "localhost:5123"] and allowed_hosts_problems(hosts) == []
+        assert secret not in dry.stdout + dry.stderr, "the admin's password is printed"
+        assert "MLFLOW_AUTH_ADMIN_PASSWORD" in dry.stdout  # given through the environment, by name only
+        assert list(tmp_path.iterdir()) == [credentials], "a dry run creates nothing"
+    # Static: the script has no switch that turns authentication off.
+    code = script_code(DEPLOY / "mlflow-server.sh")
+    assert "--app-name basic-auth" in found(r"SERVER=\(([^)]*)\)", code)
+    assert not re.search(r"no-auth|--app-name\s+\$", code)
+
+
+def test_mlflow_script_wants_a_private_credentials_file(tmp_path):
+    secret = "pw-" + "e" * 16
+    credentials = credentials_file(tmp_path, 0o644, secret)
+    start = ["start", "--root", str(tmp_path), "--credentials-file", str(credentials), "--dry-run"]
+    shared = mlflow_script(*start)
+    assert shared.returncode != 0 and "readable by others (mode 644" in shared.stderr
+    assert "chmod 600" in shared.stderr and secret not in shared.stderr + shared.stdout
+    credentials.chmod(0o640)
+    assert "mode 640" in mlflow_script(*start).stderr
+    credentials.chmod(0o600)
+    assert mlflow_script(*start).returncode == 0
+    missing = mlflow_script(
+        "start", "--root", str(tmp_path), "--credentials-file", str(tmp_path / "no"), "--dry-run"
+    )
+    assert missing.returncode != 0 and "no credentials file" in missing.stderr
+    credentials.write_text("[mlflow]\nmlflow_tracking_username = admin\n")
+    incomplete = mlflow_script(*start)
+    assert incomplete.returncode != 0 and "lacks" in incomplete.stderr
+    # The same check, run alone (the script is sourced: nothing starts).
+    credentials_file(tmp_path, 0o644)
+    probe = f'. "{DEPLOY / "mlflow-server.sh"}"; read_credentials_file "{credentials}"'
+    alone = subprocess.run(["bash", "-c", probe], capture_output=True, text=True)
+    assert alone.returncode != 0 and "readable by others" in alone.stderr
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "postgresql+psycopg2://u:pw@db/m",
+        "postgresql+psycopg2://u@db/m?password=pw",
+        "postgresql+psycopg2://u@db/m?sslmode=require&password=pw",
+        "postgresql+psycopg2://u@db/m?PASSWORD=pw",
+        "postgresql+psycopg2://u@db/m?sslpassword=pw",
+    ],
+)
+def test_mlflow_script_refuses_a_password_in_the_store_uri(tmp_path, uri):
+    refused = mlflow_script("status", "--root", str(tmp_path), "--backend-store-uri", uri)
+    assert refused.returncode != 0 and "holds a password" in refused.stderr
+    assert "pw" not in refused.stderr.replace("password", "")
+
+
+def test_mlflow_script_accepts_a_store_uri_without_password(tmp_path):
+    plain = mlflow_script(
+        "status",
+        "--root",
+        str(tmp_path),
+        "--backend-store-uri",
+        "postgresql+psycopg2://u@db/m?sslmode=require",
+    )
+    assert plain.returncode == 0 and "not running" in plain.stdout, plain.stderr
+
+
 def test_readme_explains_every_file():
     """deploy/README.md's table has one row per file of deploy/, and nothing else."""
     readme = (DEPLOY / "README.md").read_text()
@@ -1133,6 +1223,9 @@ def test_checkers_catch_what_they_guard_against():
     assert literal_secrets(password_arg)
     assert command_line_passwords(["mlflow server --backend-store-uri postgresql+psycopg2://u:pw@db/m"])
     assert command_line_passwords(["PGPASSWORD=pw psql -h db"])
+    assert command_line_passwords(
+        ["mlflow-server.sh start --backend-store-uri 'postgresql://u@db/m?password=pw'"]
+    )
 
     def open_ingress(objects: list[dict[str, Any]]) -> None:
         policy = named("NetworkPolicy", "frost-mlflow", objects)
