@@ -39,6 +39,10 @@ HOST_PATTERN_CHARS = re.compile(r"[*?\[\]]")
 # A URI with a password (SCHEME://USER:PASSWORD@HOST).
 URI_WITH_PASSWORD = re.compile(r"://[^/\s:@]+:[^/\s@]+@")
 SQLITE_URI = re.compile(r"sqlite:/{2,}([^\s'\"`)]*)")
+# Ray's well-known ports: GCS, dashboard / Jobs API, client server.
+RAY_PORTS = {6379, 8265, 10001}
+NAME_LABEL = "app.kubernetes.io/name"
+COMPONENT_LABEL = "app.kubernetes.io/component"
 
 
 # ------------------------------------------------------------------------------------------ reading
@@ -65,6 +69,17 @@ def the(kind: str) -> dict[str, Any]:
     found = objects_of(kind)
     assert len(found) == 1, f"expected one {kind} under deploy/kuberay, found {len(found)}"
     return found[0]
+
+
+def named(kind: str, name: str, objects: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The object of this kind and name (of `objects`, else of deploy/kuberay)."""
+    matches = [
+        o
+        for o in (kube_objects() if objects is None else objects)
+        if o.get("kind") == kind and o["metadata"]["name"] == name
+    ]
+    assert len(matches) == 1, f"expected one {kind}/{name}, found {len(matches)}"
+    return matches[0]
 
 
 def ray_up() -> dict[str, Any]:
@@ -198,6 +213,33 @@ def ray_pod_labels() -> list[tuple[str, dict[str, str]]]:
     return found
 
 
+def pod_templates(obj: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Every pod template of an object, with its path: a Deployment's, the head and worker groups of a
+    RayCluster (or of a RayJob's rayClusterSpec), a RayJob's submitterPodTemplate."""
+    found = []
+    for path, key, value in walk(obj):
+        if key in ("template", "submitterPodTemplate") and isinstance(value, dict):
+            if isinstance(value.get("spec"), dict) and "containers" in value["spec"]:
+                found.append((f"{path}.{key}", value))
+    return found
+
+
+def frost_pod_labels(
+    objects: list[dict[str, Any]],
+) -> tuple[list[tuple[str, dict[str, str]]], list[tuple[str, dict[str, str]]]]:
+    """(Ray head and worker pods, RayJob submitter pods) of these objects: where, and their labels."""
+    ray, submitters = [], []
+    for obj in objects:
+        name = f"{obj.get('kind')}/{obj.get('metadata', {}).get('name')}"
+        for path, template in pod_templates(obj):
+            labels = (template.get("metadata") or {}).get("labels") or {}
+            if "GroupSpec" in path:
+                ray.append((f"{name}{path}", labels))
+            elif path.endswith("submitterPodTemplate"):
+                submitters.append((f"{name}{path}", labels))
+    return ray, submitters
+
+
 def mlflow_pod_labels(objects: list[dict[str, Any]]) -> dict[str, str]:
     deployment = next(
         o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "frost-mlflow"
@@ -238,7 +280,7 @@ def network_policy_problems(objects: list[dict[str, Any]]) -> list[str]:
         if not any(selector_matches(peer, labels) for peer in peers):
             problems.append(f"{where}: the Ray pods are not admitted")
     others = {
-        "the RayJob submitter": {},
+        "the RayJob submitter": {NAME_LABEL: "frost", COMPONENT_LABEL: "ray-job-submitter"},
         "another frost pod": {"app.kubernetes.io/name": "frost"},
         "an unrelated pod": {"app": "web"},
         "the MLflow pod itself": mlflow_labels,
@@ -246,6 +288,150 @@ def network_policy_problems(objects: list[dict[str, Any]]) -> list[str]:
     for what, labels in others.items():
         if any(selector_matches(peer, labels) for peer in peers):
             problems.append(f"{what} ({labels}) is admitted")
+    return problems
+
+
+def ray_network_policy_problems(objects: list[dict[str, Any]]) -> list[str]:
+    """Every Ray pod must be selected by a NetworkPolicy restricting its ingress to frost's own pods: the
+    Ray pods among themselves (every port: Ray's node-to-node ports are chosen at start-up), the RayJob
+    submitter on Ray's ports only, and no other pod, address block or namespace."""
+    ray_pods, submitters = frost_pod_labels(objects)
+    if not ray_pods:
+        return ["no Ray pods found"]
+    policies = [
+        p
+        for p in objects
+        if p.get("kind") == "NetworkPolicy"
+        and any(selector_matches(p["spec"]["podSelector"], labels) for _, labels in ray_pods)
+        and "Ingress" in p["spec"].get("policyTypes", ["Ingress"])
+    ]
+    problems = []
+    for where, labels in ray_pods:
+        if not any(selector_matches(p["spec"]["podSelector"], labels) for p in policies):
+            problems.append(f"{where}: no NetworkPolicy restricts ingress to this Ray pod")
+    rules: list[tuple[list[dict[str, Any]], set[Any] | None]] = []  # (peer selectors, ports or None: all)
+    for policy in policies:
+        name = policy["metadata"]["name"]
+        if not policy["spec"]["podSelector"]:
+            problems.append(f"{name}: an empty podSelector selects every pod of the namespace")
+        for rule in policy["spec"].get("ingress", []):
+            if not rule.get("from"):
+                problems.append(f"{name}: an ingress rule without `from` admits every source")
+                continue
+            peers = []
+            for peer in rule["from"]:
+                if set(peer) != {"podSelector"} or not peer["podSelector"]:
+                    problems.append(f"{name}: ingress from {peer} is not a labelled pod of this namespace")
+                elif (peer["podSelector"].get("matchLabels") or {}).get(NAME_LABEL) != "frost":
+                    problems.append(
+                        f"{name}: ingress from {peer['podSelector']} does not require frost's label"
+                    )
+                else:
+                    peers.append(peer["podSelector"])
+            ports = {port.get("port") for port in rule.get("ports", [])} or None
+            if any("endPort" in port for port in rule.get("ports", [])):
+                problems.append(f"{name}: an ingress port range")
+            if ports is not None and not ports <= RAY_PORTS:
+                problems.append(
+                    f"{name}: ingress ports {sorted(ports, key=str)} beyond Ray's {sorted(RAY_PORTS)}"
+                )
+            rules.append((peers, ports))
+
+    def admitted(labels: dict[str, str]) -> list[set[Any] | None]:
+        return [ports for peers, ports in rules if any(selector_matches(peer, labels) for peer in peers)]
+
+    for where, labels in ray_pods:
+        if None not in admitted(labels):
+            problems.append(f"{where}: the Ray pods do not reach each other on every port")
+    for where, labels in submitters:
+        reach = admitted(labels)
+        if not any(ports is not None and 8265 in ports for ports in reach):
+            problems.append(f"{where}: the RayJob submitter does not reach the Jobs API (8265)")
+        if None in reach:
+            problems.append(f"{where}: the RayJob submitter reaches every port, not only Ray's")
+    others = {
+        "another frost pod": {NAME_LABEL: "frost"},
+        "a frost pod of another component": {NAME_LABEL: "frost", COMPONENT_LABEL: "notebook"},
+        "an unrelated pod": {"app": "web"},
+        "an unlabelled pod": {},
+    }
+    mlflow = [o for o in objects if o.get("kind") == "Deployment" and o["metadata"]["name"] == "frost-mlflow"]
+    if mlflow:
+        others["the MLflow pod"] = mlflow_pod_labels(objects)
+    for what, labels in others.items():
+        if admitted(labels):
+            problems.append(f"{what} ({labels}) is admitted to the Ray pods")
+    return problems
+
+
+def autoscaling_head(obj: dict[str, Any], path: str) -> bool:
+    """Whether the pod template at `path` is the head of a cluster with KubeRay's autoscaler sidecar."""
+    spec = obj.get("spec") or {}
+    cluster = spec.get("rayClusterSpec", spec) if obj.get("kind") == "RayJob" else spec
+    return "headGroupSpec" in path and bool(cluster.get("enableInTreeAutoscaling"))
+
+
+def container_security_problems(where: str, container: dict[str, Any], pod: dict[str, Any]) -> list[str]:
+    """One container (or KubeRay's autoscalerOptions) of a pod: no privilege escalation, no capabilities,
+    a seccomp profile, a non-root user, a read-only root file system with /tmp on a writable emptyDir."""
+    security = container.get("securityContext") or {}
+    pod_security = pod.get("securityContext") or {}
+    problems = []
+    if security.get("allowPrivilegeEscalation") is not False:
+        problems.append(f"{where}: allowPrivilegeEscalation is not false")
+    if security.get("privileged"):
+        problems.append(f"{where}: privileged")
+    capabilities = security.get("capabilities") or {}
+    if "ALL" not in (capabilities.get("drop") or []) or capabilities.get("add"):
+        problems.append(f"{where}: capabilities are not {{drop: [ALL]}}")
+    seccomp = (security.get("seccompProfile") or pod_security.get("seccompProfile") or {}).get("type")
+    if seccomp not in ("RuntimeDefault", "Localhost"):
+        problems.append(f"{where}: no seccompProfile RuntimeDefault (pod or container)")
+    if not security.get("runAsNonRoot", pod_security.get("runAsNonRoot")):
+        problems.append(f"{where}: runAsNonRoot is not set")
+    if security.get("readOnlyRootFilesystem") is not True:
+        problems.append(f"{where}: readOnlyRootFilesystem is not true")
+    empty_dirs = {v["name"]: v["emptyDir"] for v in pod.get("volumes") or [] if "emptyDir" in v}
+    mounts = {m["mountPath"]: m for m in container.get("volumeMounts") or []}
+    writable = {path for path, m in mounts.items() if m["name"] in empty_dirs and not m.get("readOnly")}
+    if "/tmp" not in writable:
+        problems.append(f"{where}: /tmp is not a writable emptyDir")
+    if "/tmp/ray" in mounts:
+        problems.append(f"{where}: a mount at /tmp/ray (KubeRay's own ray-logs volume goes there)")
+    return problems
+
+
+def pod_security_problems(objects: list[dict[str, Any]]) -> list[str]:
+    """Every pod template of every object (Deployment, RayCluster and RayJob head and worker groups, the
+    RayJob submitter) and every container, init container and autoscaler sidecar in it."""
+    problems = []
+    for obj in objects:
+        name = f"{obj.get('kind')}/{obj.get('metadata', {}).get('name')}"
+        for path, template in pod_templates(obj):
+            pod, where = template["spec"], f"{name}{path}"
+            # Only the autoscaling head keeps a token: its autoscaler sidecar scales pods through the API.
+            wanted = autoscaling_head(obj, path)
+            if pod.get("automountServiceAccountToken") is not wanted:
+                problems.append(f"{where}: automountServiceAccountToken is not {str(wanted).lower()}")
+            if pod.get("hostPID") or pod.get("hostIPC") or pod.get("hostNetwork"):
+                problems.append(f"{where}: shares a host namespace")
+            for key in ("initContainers", "containers"):
+                for index, container in enumerate(pod.get(key) or []):
+                    label = f"{where}.{key}[{index}]({container.get('name')})"
+                    problems += container_security_problems(label, container, pod)
+            if "GroupSpec" in path:
+                for container in pod["containers"]:
+                    mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts") or []}
+                    volumes = {v["name"]: v for v in pod.get("volumes") or []}
+                    shm = (volumes.get(mounts.get("/dev/shm", "")) or {}).get("emptyDir") or {}
+                    if shm.get("medium") != "Memory":
+                        problems.append(
+                            f"{where}({container.get('name')}): /dev/shm is not a memory emptyDir"
+                        )
+            if autoscaling_head(obj, path):
+                cluster = obj["spec"].get("rayClusterSpec", obj["spec"])
+                options = cluster.get("autoscalerOptions") or {}
+                problems += container_security_problems(f"{where}(autoscaler)", options, pod)
     return problems
 
 
@@ -270,7 +456,9 @@ def command_line_passwords(commands: list[str]) -> list[str]:
     """Shell commands (ray up's) that would put a database password in a process's arguments."""
     problems = []
     for command in commands:
-        if URI_WITH_PASSWORD.search(command) or re.search(r"PGPASSWORD=|--password[ =]", command):
+        if URI_WITH_PASSWORD.search(command) or re.search(
+            r"PGPASSWORD=|--password[ =]|[?&](ssl)?password=", command, re.I
+        ):
             problems.append(f"a password on a command line: {command}")
         if re.search(r"--backend-store-uri[ =]", command):
             problems.append(f"a store URI on a command line (use --backend-store-uri-file): {command}")
@@ -300,7 +488,8 @@ def script_code(path: Path) -> str:
 def test_every_manifest_parses_with_the_expected_kinds():
     kinds = sorted(str(obj.get("kind")) for obj in kube_objects())
     assert kinds == sorted(
-        ["RayCluster", "RayJob", "Deployment", "Service", "NetworkPolicy"]
+        ["RayCluster", "RayJob", "Deployment", "Service"]
+        + ["NetworkPolicy"] * 2
         + ["PersistentVolumeClaim"] * 2
         + ["Secret"] * 6
     )
@@ -533,10 +722,151 @@ def mlflow_container() -> dict[str, Any]:
 
 def test_mlflow_network_policy_admits_only_the_sweeps_ray_pods():
     assert network_policy_problems(kube_objects()) == []
-    policy = the("NetworkPolicy")
+    policy = named("NetworkPolicy", "frost-mlflow")
     assert selector_matches(policy["spec"]["podSelector"], mlflow_pod_labels(kube_objects()))
     for _, labels in ray_pod_labels():  # the policy selects MLflow, not the Ray pods it admits
         assert not selector_matches(policy["spec"]["podSelector"], labels)
+
+
+def test_ray_network_policy_admits_only_frosts_own_pods():
+    assert ray_network_policy_problems(kube_objects()) == []
+    policy = named("NetworkPolicy", "frost-ray")
+    ray_pods, submitters = frost_pod_labels(kube_objects())
+    assert len(ray_pods) == 4 and len(submitters) == 1, "head + GPU workers x RayCluster/RayJob; a submitter"
+    for where, labels in ray_pods:
+        assert selector_matches(policy["spec"]["podSelector"], labels), where
+    for where, labels in submitters:  # the submitter is admitted, not selected
+        assert not selector_matches(policy["spec"]["podSelector"], labels), where
+    assert not selector_matches(policy["spec"]["podSelector"], mlflow_pod_labels(kube_objects()))
+    # Ingress only: the Ray pods' egress (MLflow, S3) is not restricted, and MLflow's policy still admits them.
+    assert policy["spec"]["policyTypes"] == ["Ingress"] and "egress" not in policy["spec"]
+    assert network_policy_problems(kube_objects()) == []
+    text = (KUBERAY / "ray-network-policy.yaml").read_text()
+    assert "port-forward" in text and "enforces NetworkPolicy" in text
+
+
+def test_ray_network_policy_checker_catches_what_it_guards_against():
+    def ray_policy(objects: list[dict[str, Any]]) -> dict[str, Any]:
+        return named("NetworkPolicy", "frost-ray", objects)
+
+    without = [o for o in kube_objects() if o["metadata"]["name"] != "frost-ray"]
+    assert sum("no NetworkPolicy restricts ingress" in p for p in ray_network_policy_problems(without)) == 4
+
+    def change(edit) -> list[str]:
+        objects = copy.deepcopy(kube_objects())
+        edit(ray_policy(objects)["spec"])
+        return ray_network_policy_problems(objects)
+
+    assert any(
+        "0.0.0.0/0" in p
+        for p in change(lambda s: s["ingress"][0]["from"].append({"ipBlock": {"cidr": "0.0.0.0/0"}}))
+    )
+    assert any(
+        "namespaceSelector" in p
+        for p in change(lambda s: s["ingress"][1]["from"].append({"namespaceSelector": {}}))
+    )
+    assert any("without `from`" in p for p in change(lambda s: s["ingress"][1].pop("from")))
+    # The submitter's rule opened to every frost pod, or to more ports than Ray's.
+    assert any(
+        "another frost pod" in p
+        for p in change(
+            lambda s: s["ingress"][1]["from"][0]["podSelector"]["matchLabels"].pop(COMPONENT_LABEL)
+        )
+    )
+    assert any("beyond Ray's" in p for p in change(lambda s: s["ingress"][1]["ports"].append({"port": 22})))
+    assert any("every port, not only Ray's" in p for p in change(lambda s: s["ingress"][1].pop("ports")))
+    # A peer without frost's label; the Ray pods cut off from each other's ports.
+    assert any(
+        "does not require frost's label" in p
+        for p in change(
+            lambda s: s["ingress"][1]["from"].append({"podSelector": {"matchLabels": {"app": "web"}}})
+        )
+    )
+    assert any(
+        "reach each other on every port" in p
+        for p in change(lambda s: s["ingress"][0].update(ports=[{"port": 6379}]))
+    )
+    assert any("selects every pod" in p for p in change(lambda s: s.update(podSelector={})))
+
+
+def test_every_container_is_hardened():
+    assert pod_security_problems(kube_objects()) == []
+    templates = [(o["kind"], path) for o in kube_objects() for path, _ in pod_templates(o)]
+    assert len(templates) == 6, "MLflow; head and GPU workers x RayCluster/RayJob; the submitter"
+    checked = [c for o in kube_objects() for _, c in containers(o)]
+    assert {c["name"] for c in checked} == {"mlflow", "ray-head", "ray-worker", "ray-job-submitter"}
+    # The anchors keep the RayCluster's pods alike (one pod-level and one container-level context).
+    text = (KUBERAY / "raycluster.yaml").read_text()
+    assert text.count("*pod-security") == 1 and text.count("*container-security") == 2
+
+
+def test_pod_security_checker_catches_what_it_guards_against():
+    def problems_after(kind: str, edit, name: str | None = None) -> list[str]:
+        return pod_security_problems(mutated(kind, edit, name))
+
+    def worker(cluster: dict[str, Any]) -> dict[str, Any]:
+        return cluster["spec"]["workerGroupSpecs"][0]["template"]["spec"]
+
+    def mlflow_container_of(deployment: dict[str, Any]) -> dict[str, Any]:
+        return deployment["spec"]["template"]["spec"]["containers"][0]
+
+    escalation = problems_after(
+        "Deployment",
+        lambda d: mlflow_container_of(d)["securityContext"].update(allowPrivilegeEscalation=True),
+    )
+    assert any("allowPrivilegeEscalation" in p for p in escalation)
+    assert any(
+        "capabilities" in p
+        for p in problems_after(
+            "Deployment",
+            lambda d: mlflow_container_of(d)["securityContext"]["capabilities"].update(add=["NET_ADMIN"]),
+        )
+    )
+    assert any(
+        "readOnlyRootFilesystem" in p
+        for p in problems_after(
+            "Deployment", lambda d: mlflow_container_of(d)["securityContext"].pop("readOnlyRootFilesystem")
+        )
+    )
+    assert any(
+        "seccompProfile" in p
+        for p in problems_after(
+            "Deployment", lambda d: d["spec"]["template"]["spec"]["securityContext"].pop("seccompProfile")
+        )
+    )
+    assert any(
+        "automountServiceAccountToken" in p
+        for p in problems_after("RayCluster", lambda c: worker(c).pop("automountServiceAccountToken"))
+    )
+    assert any(
+        "/tmp is not a writable emptyDir" in p
+        for p in problems_after("RayCluster", lambda c: worker(c)["containers"][0]["volumeMounts"].pop())
+    )
+    assert any(
+        "/dev/shm" in p
+        for p in problems_after("RayCluster", lambda c: worker(c)["volumes"][2]["emptyDir"].pop("medium"))
+    )
+    assert any(
+        "(autoscaler)" in p
+        for p in problems_after("RayCluster", lambda c: c["spec"]["autoscalerOptions"].pop("securityContext"))
+    )
+    unhardened_init = {"name": "init", "image": IMAGE, "command": ["true"]}
+    assert any(
+        "initContainers[0](init)" in p
+        for p in problems_after(
+            "RayJob",
+            lambda j: j["spec"]["submitterPodTemplate"]["spec"].update(initContainers=[unhardened_init]),
+        )
+    )
+    assert any(
+        "KubeRay's own ray-logs" in p
+        for p in problems_after(
+            "RayCluster",
+            lambda c: c["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["volumeMounts"].append(
+                {"name": "tmp", "mountPath": "/tmp/ray"}
+            ),
+        )
+    )
 
 
 def test_mlflow_requires_authentication_and_the_sweeps_have_credentials():
@@ -673,7 +1003,7 @@ def test_no_database_password_on_a_command_line(tmp_path):
     uri_file.chmod(0o644)
     status = ["status", "--root", str(tmp_path), "--backend-store-uri-file", str(uri_file)]
     shared = mlflow_script(*status)
-    assert shared.returncode != 0 and "readable by others (mode 644)" in shared.stderr
+    assert shared.returncode != 0 and "readable by others (mode 644" in shared.stderr
     uri_file.chmod(0o600)
     private = mlflow_script(*status)
     assert private.returncode == 0 and "not running" in private.stdout, private.stderr
@@ -762,6 +1092,94 @@ def test_mlflow_script_binds_loopback_and_wants_the_psycopg2_driver(tmp_path):
     assert status.returncode == 0 and "not running" in status.stdout
 
 
+def credentials_file(folder: Path, mode: int, password: str = "pw-" + "c" * 16) -> Path:
+    path = folder / "mlflow-credentials"
+    path.write_text(f"[mlflow]\nmlflow_tracking_username = admin\nmlflow_tracking_password = {password}\n")
+    path.chmod(mode)
+    return path
+
+
+def test_mlflow_script_turns_authentication_on_with_exact_hosts(tmp_path):
+    secret = "pw-" + "d" * 16
+    credentials = credentials_file(tmp_path, 0o600, secret)
+    for command in ("start", "run"):
+        dry = mlflow_script(
+            command,
+            "--root",
+            str(tmp_path),
+            "--port",
+            "5123",
+            "--credentials-file",
+            str(credentials),
+            "--dry-run",
+        )
+        assert dry.returncode == 0, dry.stderr
+        argv = shlex.split(found(r"^command: (.*)$", dry.stdout, re.M))
+        assert argv[:6] == ["mlflow", "server", "--host", "127.0.0.1", "--port", "5123"]
+        assert argv[argv.index("--app-name") + 1] == "basic-auth"
+        hosts = argv[argv.index("--allowed-hosts") + 1].split(",")
+        assert hosts == ["127.0.0.1:5123", "localhost:5123"] and allowed_hosts_problems(hosts) == []
+        assert secret not in dry.stdout + dry.stderr, "the admin's password is printed"
+        assert "MLFLOW_AUTH_ADMIN_PASSWORD" in dry.stdout  # given through the environment, by name only
+        assert list(tmp_path.iterdir()) == [credentials], "a dry run creates nothing"
+    # Static: the script has no switch that turns authentication off.
+    code = script_code(DEPLOY / "mlflow-server.sh")
+    assert "--app-name basic-auth" in found(r"SERVER=\(([^)]*)\)", code)
+    assert not re.search(r"no-auth|--app-name\s+\$", code)
+
+
+def test_mlflow_script_wants_a_private_credentials_file(tmp_path):
+    secret = "pw-" + "e" * 16
+    credentials = credentials_file(tmp_path, 0o644, secret)
+    start = ["start", "--root", str(tmp_path), "--credentials-file", str(credentials), "--dry-run"]
+    shared = mlflow_script(*start)
+    assert shared.returncode != 0 and "readable by others (mode 644" in shared.stderr
+    assert "chmod 600" in shared.stderr and secret not in shared.stderr + shared.stdout
+    credentials.chmod(0o640)
+    assert "mode 640" in mlflow_script(*start).stderr
+    credentials.chmod(0o600)
+    assert mlflow_script(*start).returncode == 0
+    missing = mlflow_script(
+        "start", "--root", str(tmp_path), "--credentials-file", str(tmp_path / "no"), "--dry-run"
+    )
+    assert missing.returncode != 0 and "no credentials file" in missing.stderr
+    credentials.write_text("[mlflow]\nmlflow_tracking_username = admin\n")
+    incomplete = mlflow_script(*start)
+    assert incomplete.returncode != 0 and "lacks" in incomplete.stderr
+    # The same check, run alone (the script is sourced: nothing starts).
+    credentials_file(tmp_path, 0o644)
+    probe = f'. "{DEPLOY / "mlflow-server.sh"}"; read_credentials_file "{credentials}"'
+    alone = subprocess.run(["bash", "-c", probe], capture_output=True, text=True)
+    assert alone.returncode != 0 and "readable by others" in alone.stderr
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "postgresql+psycopg2://u:pw@db/m",
+        "postgresql+psycopg2://u@db/m?password=pw",
+        "postgresql+psycopg2://u@db/m?sslmode=require&password=pw",
+        "postgresql+psycopg2://u@db/m?PASSWORD=pw",
+        "postgresql+psycopg2://u@db/m?sslpassword=pw",
+    ],
+)
+def test_mlflow_script_refuses_a_password_in_the_store_uri(tmp_path, uri):
+    refused = mlflow_script("status", "--root", str(tmp_path), "--backend-store-uri", uri)
+    assert refused.returncode != 0 and "holds a password" in refused.stderr
+    assert "pw" not in refused.stderr.replace("password", "")
+
+
+def test_mlflow_script_accepts_a_store_uri_without_password(tmp_path):
+    plain = mlflow_script(
+        "status",
+        "--root",
+        str(tmp_path),
+        "--backend-store-uri",
+        "postgresql+psycopg2://u@db/m?sslmode=require",
+    )
+    assert plain.returncode == 0 and "not running" in plain.stdout, plain.stderr
+
+
 def test_readme_explains_every_file():
     """deploy/README.md's table has one row per file of deploy/, and nothing else."""
     readme = (DEPLOY / "README.md").read_text()
@@ -775,9 +1193,10 @@ def test_readme_explains_every_file():
 
 
 # ------------------------------------------------------------------------------------------ the checkers fail
-def mutated(kind: str, change) -> list[dict[str, Any]]:
+def mutated(kind: str, change, name: str | None = None) -> list[dict[str, Any]]:
+    """deploy/kuberay's objects with `change` applied to the (first, or named) object of `kind`."""
     objects = copy.deepcopy(kube_objects())
-    change(next(obj for obj in objects if obj["kind"] == kind))
+    change(next(o for o in objects if o["kind"] == kind and name in (None, o["metadata"]["name"])))
     return objects
 
 
@@ -804,9 +1223,12 @@ def test_checkers_catch_what_they_guard_against():
     assert literal_secrets(password_arg)
     assert command_line_passwords(["mlflow server --backend-store-uri postgresql+psycopg2://u:pw@db/m"])
     assert command_line_passwords(["PGPASSWORD=pw psql -h db"])
+    assert command_line_passwords(
+        ["mlflow-server.sh start --backend-store-uri 'postgresql://u@db/m?password=pw'"]
+    )
 
     def open_ingress(objects: list[dict[str, Any]]) -> None:
-        policy = next(o for o in objects if o["kind"] == "NetworkPolicy")
+        policy = named("NetworkPolicy", "frost-mlflow", objects)
         policy["spec"]["ingress"][0]["from"].append({"ipBlock": {"cidr": "0.0.0.0/0"}})
 
     objects = copy.deepcopy(kube_objects())
@@ -815,6 +1237,7 @@ def test_checkers_catch_what_they_guard_against():
     loose = mutated(
         "NetworkPolicy",
         lambda p: p["spec"]["ingress"][0]["from"][0]["podSelector"].pop("matchExpressions"),
+        "frost-mlflow",
     )
     assert any("another frost pod" in p for p in network_policy_problems(loose))
     assert network_policy_problems([o for o in kube_objects() if o["kind"] != "NetworkPolicy"]) == [

@@ -65,15 +65,21 @@ def process_arguments(session: int) -> list[str]:
     return found
 
 
-def test_mlflow_script_reads_the_postgresql_uri_from_a_private_file(postgres_database, tmp_path):
+def test_mlflow_script_reads_the_postgresql_uri_from_a_private_file(postgres_database, tmp_path, monkeypatch):
     uri_file = tmp_path / "mlflow-db-uri"
     uri_file.write_text(postgres_database + "\n")
     uri_file.chmod(0o600)
+    # The script's server requires a user: its admin, from a 0600 credentials file.
+    credentials = tmp_path / "mlflow-credentials"
+    credentials.write_text(
+        f"[mlflow]\nmlflow_tracking_username = {ADMIN[0]}\nmlflow_tracking_password = {ADMIN[1]}\n"
+    )
+    credentials.chmod(0o600)
     port = str(free_port())
     common = ["--root", str(tmp_path / "root"), "--port", port]
     env = {**os.environ, "PYTHON": sys.executable}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    start = [*common, "--backend-store-uri-file", str(uri_file)]
+    start = [*common, "--backend-store-uri-file", str(uri_file), "--credentials-file", str(credentials)]
     script = ["bash", str(DEPLOY / "mlflow-server.sh")]
     started = subprocess.run([*script, "start", *start], env=env, capture_output=True, text=True, timeout=180)
     try:
@@ -84,6 +90,8 @@ def test_mlflow_script_reads_the_postgresql_uri_from_a_private_file(postgres_dat
         assert any("mlflow server --host 127.0.0.1" in a for a in arguments), arguments
         database = postgres_database.rsplit("/", 1)[1]
         assert not any(database in a for a in arguments), "the store URI is in a command line"
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", ADMIN[0])
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", ADMIN[1])
         client = MlflowClient(f"http://127.0.0.1:{port}")
         experiment = client.create_experiment("deploy-pg")
         run = client.create_run(experiment)
