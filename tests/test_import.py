@@ -114,6 +114,13 @@ def test_voc_imports_splits_lists_and_keeps_difficult_as_ignored(tmp_path, capsy
     assert summary["splits"]["train"]["ignored"] == 1 and summary["buckets"]["rare"] == 3
 
 
+def test_a_listed_voc_image_without_its_annotation_is_named(tmp_path, capsys):
+    src = make_voc(tmp_path / "voc")
+    (src / "Annotations" / "im7.xml").unlink()
+    code, _, err = run(capsys, "import", str(src), str(tmp_path / "out"), "--format", "voc")
+    assert code == 2 and "im7: listed in ImageSets/Main but Annotations/im7.xml is missing" in err
+
+
 def test_voc_val_split_names_the_list_that_is_val(tmp_path, capsys):
     src = make_voc(tmp_path / "voc")
     (src / "ImageSets" / "Main" / "test.txt").write_text("im0\n")

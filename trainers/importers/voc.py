@@ -129,13 +129,17 @@ def read_voc(root: Path, val_split: str | None = None) -> Source:
         )
     split = _splits(root, val_split)
     files = sorted(folder.glob("*.xml"))
+    problems: list[Problem] = []
     if split is not None:
+        have = {path.stem for path in files}
+        for stem in sorted(set(split) - have):
+            why = f"listed in ImageSets/Main but {folder.name}/{stem}.xml is missing"
+            problems.append(Problem(root / "ImageSets" / "Main", stem, why, drops_image=True))
         files = [path for path in files if path.stem in split]
     if not files:
         raise FrostError(
             f"{folder}: no annotation (*.xml) files{' listed in ImageSets/Main' if split else ''}"
         )
-    problems: list[Problem] = []
     names: dict[str, int] = {}
     images = []
     for path in files:
