@@ -7,6 +7,9 @@ The two `frost train` runs are the contract: what the import writes, frost train
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -378,3 +381,32 @@ def test_frost_trains_an_epoch_on_an_imported_set(tmp_path, capsys, fmt):
     assert code == 0, err
     metrics = _train(capsys, tmp_path / "data", tmp_path / "trial")
     assert metrics["epochs"] == 1 and 0 <= metrics["AP"] <= 1
+
+
+def test_from_outside_exit_2_is_one_line_per_record_and_exit_0_a_dataset(tmp_path):
+    src = make_yolo(tmp_path / "yolo")
+    with (src / "labels" / "train" / "im1.txt").open("a") as fh:
+        fh.write("0 0.5 0.5 0.2\n5 0.5 0.5 0.2 0.2\n")
+    frost = [
+        sys.executable,
+        "-m",
+        "service.cli",
+        "data",
+        "import",
+        str(src),
+        str(tmp_path / "out"),
+        "--format",
+        "yolo",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    done = subprocess.run(frost, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.splitlines()[1:] == [
+        f"  {src}/labels/train/im1.txt: line 3: expected 5 numbers (class cx cy w h), got 4",
+        f"  {src}/labels/train/im1.txt: line 4: unknown class id 5 (classes 0..2)",
+    ]
+    done = subprocess.run(
+        [*frost, "--drop-invalid", "--json"], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1])["splits"]["train"]["boxes"] == 7
