@@ -307,6 +307,14 @@ def test_coco_is_checked_with_frosts_rules(tmp_path, capsys):
     assert code == 0 and "dropped 3" in err
 
 
+def test_an_import_without_val_images_is_refused(tmp_path, capsys):
+    src = make_yolo(tmp_path / "yolo", splits=False)
+    code, _, err = run(
+        capsys, "import", str(src), str(tmp_path / "out"), "--format", "yolo", "--val-fraction", "0"
+    )
+    assert code == 2 and "no image left for val" in err and not (tmp_path / "out").exists()
+
+
 def test_a_non_empty_out_is_refused_and_the_listing_is_capped(tmp_path, capsys):
     src = make_yolo(tmp_path / "yolo")
     out = tmp_path / "out"

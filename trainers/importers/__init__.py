@@ -74,5 +74,10 @@ def import_dataset(src: Path, out: Path, options: ImportOptions) -> tuple[dict[s
     else:
         for image in source.images:
             image.split = image.split or "train"
+    if not any(image.split == "val" for image in source.images):
+        raise FrostError(
+            f"{src}: no image left for val ({len(source.images)} image(s), --val-fraction {options.val_fraction}); "
+            "frost evaluates on val: give a larger --val-fraction or a source with a val split"
+        )
     splits = write_dataset(source, out)
     return coco_stats(splits), source.problems

@@ -4,7 +4,8 @@ Greedy, rarest class first: for each class in 2 or more images (fewest images fi
 image in val yet, one of its images (in seeded random order) moves to val, provided no class loses its last
 train image by the move. Then images are moved at random, under the same proviso, until val holds
 `round(fraction * N)` images. So every class with >= 2 images is in val and in train, and val can end a
-little above the fraction when there are more such classes than the fraction allows.
+little above the fraction when there are more such classes than the fraction allows. Only when no image can
+move under the proviso (every class in a single image) does one image move anyway: val is never empty.
 """
 
 from __future__ import annotations
@@ -32,9 +33,9 @@ def stratified_split(images: list[Img], fraction: float, seed: int) -> None:
             by_class.setdefault(category, []).append(index)
     val: set[int] = set()
 
-    def move(index: int) -> bool:
+    def move(index: int, force: bool = False) -> bool:
         classes = _classes(order[index])
-        if index in val or any(in_train[c] <= 1 for c in classes):
+        if index in val or (not force and any(in_train[c] <= 1 for c in classes)):
             return False
         val.add(index)
         order[index].split = "val"
@@ -52,3 +53,5 @@ def stratified_split(images: list[Img], fraction: float, seed: int) -> None:
         if len(val) >= target:
             break
         move(index)
+    if not val and len(order) >= 2:  # every class in one image: val still gets one (frost evaluates on val)
+        move(0, force=True)
