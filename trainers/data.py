@@ -215,7 +215,7 @@ class CocoDetection(Dataset):
         for ann in self.coco.imgToAnns.get(image_id, []):
             if ann.get("iscrowd", 0):
                 continue
-            problem = _box_problem(ann.get("bbox"), width, height)
+            problem = box_problem(ann.get("bbox"), width, height)
             if problem is None and ann.get("category_id") not in self.coco.cats:
                 raise FrostError(
                     f"{self.annotation_file}: annotation id {ann.get('id')}: unknown category id "
@@ -271,7 +271,9 @@ class CocoDetection(Dataset):
         return tensor, self._target(index)
 
 
-def _box_problem(bbox: object, width: float, height: float) -> str | None:
+def box_problem(bbox: object, width: float, height: float) -> str | None:
+    """Why a COCO xywh box is invalid in a `width` x `height` image (None: valid): the one rule the loader and
+    the importers (trainers/importers/) share. A 1-pixel overhang is tolerated."""
     if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
         return f"bbox must be [x, y, w, h], got {shown(bbox)}"
     try:

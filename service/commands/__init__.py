@@ -1,7 +1,7 @@
 """The `frost` commands, one module per command group, each with its parsers beside its handlers.
 
 - flags.py   the parser class and the flags several commands share (--root, --set, --address, ...)
-- trial.py   frost data synth, frost pretrain, frost train
+- trial.py   frost data synth | import | stats, frost pretrain, frost train
 - sweep.py   frost validate, schema, run, resume, status, ls
 - report.py  frost report
 - jobs.py    frost submit, logs, stop (Ray Jobs)

@@ -1,4 +1,4 @@
-"""`frost data synth`, `frost pretrain`, `frost train`: one trial, or what one trial needs, without Ray."""
+"""`frost data synth | import | stats`, `frost pretrain`, `frost train`: one trial, or what one trial needs, without Ray."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from service.commands.flags import Parser, overrides
+from service.commands.flags import Parser, flag, overrides
 from trainers.errors import FrostError
 from trainers.files import writable_folder
 
@@ -27,6 +27,43 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
         raise FrostError(format_validation_error(exc, prefix="synth.")) from None
     summary = write_detection_dataset(writable_folder(args.out_dir, "OUT_DIR"), spec)
     print(json.dumps(summary))
+    return 0
+
+
+def _print_stats(summary: dict[str, Any], as_json: bool) -> None:
+    from trainers.importers.stats import stats_table
+
+    print("\n".join(stats_table(summary)))
+    if as_json:
+        print(json.dumps(summary))
+
+
+def cmd_data_import(args: argparse.Namespace) -> int:
+    from trainers.importers import ImportOptions, import_dataset
+    from trainers.importers.model import listing
+    from trainers.logs import log
+
+    options = ImportOptions(args.format, args.val_fraction, args.val_split, args.drop_invalid, args.seed)
+    out = Path(args.out)
+    summary, dropped = import_dataset(Path(args.src), out, options)
+    if dropped:
+        log.warning("dropped %d invalid record(s) (--drop-invalid):", len(dropped))
+        for line in listing(dropped):
+            log.warning("  %s", line)
+    _print_stats(summary, args.json)
+    if not args.json:
+        print(f"wrote {out}: train with --set data.source=coco --set data.root={out}")
+    return 0
+
+
+def cmd_data_stats(args: argparse.Namespace) -> int:
+    from trainers.importers.stats import coco_stats, read_dataset
+
+    if args.rare_max < 0 or args.common_max < args.rare_max:
+        raise FrostError(
+            f"--rare-max / --common-max: need 0 <= rare <= common, got {args.rare_max}, {args.common_max}"
+        )
+    _print_stats(coco_stats(read_dataset(Path(args.dir)), args.rare_max, args.common_max), args.json)
     return 0
 
 
@@ -76,6 +113,33 @@ def add_trial_parsers(sub: Any) -> None:
     )
     overrides(synth)
     synth.set_defaults(func=cmd_data_synth)
+
+    imp = data_sub.add_parser(
+        "import", help="VOC, YOLO or COCO -> a checked frost dataset (OUT/annotations, OUT/images)"
+    )
+    imp.add_argument("src", help="the source dataset folder (COCO: also one annotation file)")
+    imp.add_argument("out", help="a new or empty folder; written all at once, or not at all")
+    imp.add_argument("--format", required=True, choices=("voc", "yolo", "coco"))
+    imp.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.2,
+        help="for a source without a val split: this share of images to val, stratified by class (default 0.2)",
+    )
+    imp.add_argument("--val-split", help="the one source split (VOC list, YOLO split, COCO file) that is val")
+    flag(imp, "--drop-invalid", "leave invalid records out (and say how many) instead of refusing the import")
+    imp.add_argument("--seed", type=int, default=0, help="the split's seed (default 0)")
+    flag(imp, "--json", "last stdout line: the dataset's counts as JSON")
+    imp.set_defaults(func=cmd_data_import)
+
+    stats = data_sub.add_parser("stats", help="per-class image and box counts, rare/common/frequent buckets")
+    stats.add_argument("dir", help="a COCO or LVIS dataset folder (annotations/train.json, val.json)")
+    stats.add_argument("--rare-max", type=int, default=10, help="rare: in at most this many train images")
+    stats.add_argument(
+        "--common-max", type=int, default=100, help="common: at most this many; frequent above"
+    )
+    flag(stats, "--json", "last stdout line: the counts as JSON")
+    stats.set_defaults(func=cmd_data_stats)
 
     pretrain = sub.add_parser("pretrain", help="pretrain a backbone as a classifier on synthetic crops")
     pretrain.add_argument("--backbone", default="resnet18")
