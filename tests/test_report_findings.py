@@ -187,8 +187,8 @@ def test_stopped_trials_are_rows_of_their_own_never_averaged():
 
 
 def test_stopped_trials_carry_the_decision_in_words_in_json_and_markdown():
-    from service.report import stop_sentence
     from service.report.markdown import markdown
+    from sweeps.asha_state import Decision
 
     decision = {
         "trial_id": "A-frozen-9",
@@ -200,9 +200,8 @@ def test_stopped_trials_carry_the_decision_in_words_in_json_and_markdown():
         "value": 0.01,
         "cutoff": 0.05,
     }
-    sentence = stop_sentence(decision)  # Decision.describe(), whatever its wording
-    assert sentence.startswith("stopped at rung 1") and "{" not in sentence
-    assert stop_sentence({"rung": 2, "cutoff": 0.05}) == "stopped by the scheduler: rung 2, cutoff 0.05"
+    sentence = Decision(**decision).describe()  # what the report's rows carry (service/report/rows.py)
+    assert sentence == "stopped at rung 1 (epoch 1) among frozen: AP 0.010 < cutoff 0.050"
     rows = rows_where_frozen([0.50, 0.52], [0.30, 0.32])
     rows.append(row("A", "frozen", 9, 0.01, fate="stopped", epochs=1))
     rows[-1].stop, rows[-1].decision = decision, sentence
@@ -226,15 +225,16 @@ def test_markdown_prints_intervals_and_what_a_tie_could_resolve():
 def test_the_lead_metric_is_read_from_the_sweeps_spec(tmp_path, caplog):
     import yaml
 
-    from service.report import sweep_metric_of
+    from service.report.write import sweep_metric_of
+    from service.sweep_folder import SweepFolder
 
     # The catalog's smoke sweep ranked on AP50 instead of its AP: the report reads the saved spec's choice.
     spec = yaml.safe_load((Path(__file__).parents[1] / "sweeps" / "catalog" / "smoke.yaml").read_text())
     spec["scheduler"]["metric"] = "AP50"
     (tmp_path / "frost-sweep.yaml").write_text(yaml.safe_dump(spec))
-    assert sweep_metric_of(tmp_path) == "AP50"
+    assert sweep_metric_of(SweepFolder(tmp_path)) == "AP50"
     (tmp_path / "frost-sweep.yaml").write_text("scheduler: [")  # unreadable: AP leads, with a warning
-    assert sweep_metric_of(tmp_path) == "AP" and "AP leads the finding" in caplog.text
+    assert sweep_metric_of(SweepFolder(tmp_path)) == "AP" and "AP leads the finding" in caplog.text
 
 
 def test_no_baseline_no_claim():

@@ -86,10 +86,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from trainers.config import load_trial_spec
     from trainers.train import run_trial
 
-    out = writable_folder(args.out, "--out")
     if args.workers < 1:
         raise FrostError(f"--workers: must be at least 1, got {args.workers}")
     spec = load_trial_spec(args.trial, args.set)
+    out = writable_folder(args.out, "--out")  # after the flags and the spec: bad input creates nothing
     if args.workers == 1:
         metrics = run_trial(spec, out)
     else:
