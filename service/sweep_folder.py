@@ -23,6 +23,7 @@ import yaml
 
 from sweeps.asha_state import STATE_FILE, Decision, read_decisions
 from trainers.files import read_json_or
+from trainers.safe_yaml import load_machine_yaml
 
 if TYPE_CHECKING:
     from sweeps.spec import SweepSpec
@@ -148,7 +149,7 @@ def trial_history(trial_dir: Path) -> list[dict[str, Any]]:
 def searched_values(trial_dir: Path, searched: list[str]) -> dict[str, Any]:
     """The searched fields' values of a trial, read from the spec its trainer saved."""
     try:
-        spec = yaml.safe_load((trial_dir / "trial.yaml").read_text()) or {}
+        spec = load_machine_yaml((trial_dir / "trial.yaml").read_text()) or {}
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return {}
     values = {}

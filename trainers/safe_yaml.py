@@ -96,3 +96,14 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
             f"{path}: top-level keys must be names, got {[k for k in data if not isinstance(k, str)][:3]}"
         )
     return data
+
+
+# libyaml's C parser when PyYAML has it (the PyPI wheels do): 7x faster on a trial.yaml (0.74 vs 5.4 ms,
+# measured on this machine), which is what `frost status` and the report pay once per trial.
+_FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def load_machine_yaml(text: str) -> Any:
+    """YAML that frost itself wrote (a trial's `trial.yaml`): the safe loader, in C where available. A torn or
+    planted file raises yaml.YAMLError as with `yaml.safe_load`."""
+    return yaml.load(text, Loader=_FAST_LOADER)  # noqa: S506  (a safe loader: no object construction)

@@ -18,6 +18,7 @@ import yaml
 from service.results import is_number
 from service.sweep_folder import SweepFolder, Unreadable, trial_history
 from trainers.logs import log
+from trainers.safe_yaml import load_machine_yaml
 
 # COCO's -1: no class of that bucket in the val split (trainers/evaluate.py); not a score to average.
 AP_METRICS = ("AP", "AP50", "AP_r", "AP_c", "AP_f")
@@ -122,7 +123,7 @@ def storage_row(trial_dir: Path, record: dict[str, Any]) -> ReportRow | None:
     from trainers.identity import capacity_fields, capacity_key
 
     try:
-        spec = TrialSpec.model_validate(yaml.safe_load((trial_dir / "trial.yaml").read_text()))
+        spec = TrialSpec.model_validate(load_machine_yaml((trial_dir / "trial.yaml").read_text()))
         history = trial_history(trial_dir)
     except (OSError, yaml.YAMLError, ValueError, Unreadable):
         return None
