@@ -461,6 +461,44 @@ def test_random_mutations_of_catalog_specs_never_crash(tmp_path, capsys, data, c
     assert "Traceback" not in captured.err
 
 
+_SEARCH_PATHS = ["backbone.freeze", "neck.fpn_channels", "heads.box_convs", "seed", "optim.lr", "no.such", "", "a,b"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_random_joint_keys_strata_replicates_and_resources_never_crash(tmp_path, capsys, data):
+    """The parts of a spec added since the first fuzz: joint search keys (several paths set together),
+    ASHA's strata and replicate paths, and the data-parallel resources, mutated together."""
+    spec = yaml.safe_load((CATALOG / "replication.yaml").read_text())
+    paths = data.draw(st.lists(st.sampled_from(_SEARCH_PATHS), min_size=1, max_size=3))
+    width = data.draw(st.sampled_from([len(paths), len(paths) + 1, max(len(paths) - 1, 0)]))
+    rows = data.draw(st.lists(st.lists(_LEAVES, min_size=width, max_size=width), min_size=0, max_size=3))
+    spec["search"][",".join(paths)] = data.draw(st.sampled_from([{"grid": rows}, {"choice": rows}, rows]))
+    keys = [*spec["search"], *paths, "seed", data.draw(st.text(max_size=10))]
+    spec["scheduler"] = {
+        "type": data.draw(st.sampled_from(["asha", "fifo", "hyperband"])),
+        "metric": "AP",
+        "mode": "max",
+        "grace_period": data.draw(st.integers(min_value=-1, max_value=9)),
+        "max_epochs": 8,
+        "stratify_by": data.draw(st.sampled_from(keys)),
+        "replicates_by": data.draw(st.lists(st.sampled_from(keys), max_size=3)),
+    }
+    spec["resources"] = {
+        "cpus": data.draw(st.one_of(st.integers(min_value=-2, max_value=64), st.floats(allow_nan=True))),
+        "gpus": data.draw(st.sampled_from([0, 0.25, 1, 1.5, -1, "one"])),
+        "workers_per_trial": data.draw(st.integers(min_value=-1, max_value=5)),
+        "placement": data.draw(st.sampled_from(["pack", "spread", "", "STRICT_SPREAD", 3])),
+    }
+    file = tmp_path / "mutated.yaml"
+    file.write_text(yaml.safe_dump(spec))
+    code = main(["validate", str(file)])
+    captured = capsys.readouterr()
+    assert code in (0, 2), captured.err[-2000:]
+    assert "Traceback" not in captured.err and "internal error" not in captured.err
+    assert all(len(line) <= 600 for line in captured.err.splitlines()), "a message echoed a huge value"
+
+
 # --------------------------------------------------------------------------------------------- state files
 @pytest.mark.parametrize(
     "content",
