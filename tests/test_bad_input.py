@@ -461,7 +461,16 @@ def test_random_mutations_of_catalog_specs_never_crash(tmp_path, capsys, data, c
     assert "Traceback" not in captured.err
 
 
-_SEARCH_PATHS = ["backbone.freeze", "neck.fpn_channels", "heads.box_convs", "seed", "optim.lr", "no.such", "", "a,b"]
+_SEARCH_PATHS = [
+    "backbone.freeze",
+    "neck.fpn_channels",
+    "heads.box_convs",
+    "seed",
+    "optim.lr",
+    "no.such",
+    "",
+    "a,b",
+]
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
